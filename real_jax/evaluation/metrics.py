@@ -54,7 +54,9 @@ scorer; :func:`score_predictions` starts one, uses it for every group and always
 repeated evaluations during a long training run do not leak processes.
 
 ``pycocoevalcap`` writes its tokenizer's temp file inside its own package folder, so that folder
-must be writable.
+must be writable. Cost: about 10 s per call on a CPU core, almost all of it METEOR loading its
+paraphrase tables, independent of the number of groups. Scoring is host-side Python + Java: in a
+multi-host run, gather the predictions and call it on one process only.
 """
 
 from __future__ import annotations
@@ -273,6 +275,13 @@ def tokenize(
     for key, pred in predictions.items():
         captions[("res", key)] = [{"caption": _clean(pred)}]
     tokenized = tokenizer_cls().tokenize(captions)
+    n_in = sum(len(v) for v in captions.values())
+    n_out = sum(len(v) for v in tokenized.values())
+    if n_out != n_in:  # pycocoevalcap ignores the java exit status and zips lines silently
+        raise RuntimeError(
+            f"PTBTokenizer returned {n_out} lines for {n_in} captions; the java tokenizer "
+            "failed or a caption contained a line break it did not expect"
+        )
     gts = {key: tokenized[("gts", key)] for key in references}
     res = {key: tokenized[("res", key)] for key in predictions}
     return gts, res
