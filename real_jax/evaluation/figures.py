@@ -131,6 +131,9 @@ def _draw_text(fig: Figure, ax: Axes, ex: FigureExample) -> None:
     renderer = fig.canvas.get_renderer()
     ref_words = _words(ex.reference)
     ax_width = ax.get_window_extent(renderer).width
+    if not ex.prediction.strip():
+        ax.text(0.0, y, "Pred: (empty)", color=MISMATCH_COLOR, **kw)
+        return
     for i, line in enumerate(_wrap(ex.prediction)):
         x = 0.0
         prefix = ax.text(x, y, "Pred: " if i == 0 else "      ", **kw)
