@@ -1,0 +1,246 @@
+"""Ingest MIMIC-Diff-VQA (or the synthetic dataset) into ArrayRecord files via TFDS.
+
+    python -m data_pipeline.prepare --questions mimic_pair_questions.csv \
+        --images MIMIC_CXR_JPG_DIR --metadata mimic-cxr-2.0.0-metadata.csv.gz --out DATA_DIR \
+        [--question_types difference,...] [--resize_shorter 544] [--workers N]
+
+Per study it takes the first dicom whose ViewCodeSequence_CodeMeaning is postero-anterior or
+antero-posterior, else the study's first dicom (lateral views are skipped that way). It writes
+
+    DATA_DIR/mimic_diff_vqa/1.0.0/...   TFDS ArrayRecord dataset (see data_pipeline.tfds_builder)
+    DATA_DIR/index/{split}.jsonl        ids + text per record, in record order
+    DATA_DIR/tokenizer/                 byte-level BPE trained on the train split's text
+    DATA_DIR/ingest_report.csv          every csv row not ingested, with the reason
+    DATA_DIR/prepare.json               the inputs' fingerprint and the counts
+
+Re-running with the same inputs and options reuses the dataset; anything else rebuilds it from
+scratch (no duplicated data). Decode + resize uses a process pool (all cores by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from data_pipeline.images import DEFAULT_MAX_PIXELS
+from data_pipeline.synthetic import QUESTION_COLUMNS, image_path
+from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.vocab import QUESTION_TYPES, SPLITS
+
+FRONTAL = {"postero-anterior", "antero-posterior"}
+BUILDER_DIR = "mimic_diff_vqa"
+MANIFEST = "prepare.json"
+REPORT = "ingest_report.csv"
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+
+
+def select_frontal(metadata: str | Path) -> dict[int, str]:
+    """study_id -> dicom_id: first frontal (PA/AP) dicom of the study, else its first dicom."""
+    path = Path(metadata)
+    first: dict[int, str] = {}
+    frontal: dict[int, str] = {}
+    with _open_text(path) as f:
+        reader = csv.DictReader(f)
+        need = {"dicom_id", "study_id", "ViewCodeSequence_CodeMeaning"}
+        if not need <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: missing columns {sorted(need - set(reader.fieldnames or ()))}")
+        for line, r in enumerate(reader, start=2):
+            try:
+                study = int(r["study_id"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: bad study_id {r['study_id']!r}") from None
+            first.setdefault(study, r["dicom_id"])
+            if (r["ViewCodeSequence_CodeMeaning"] or "").strip().lower() in FRONTAL:
+                frontal.setdefault(study, r["dicom_id"])
+    return {s: frontal.get(s, d) for s, d in first.items()}
+
+
+def read_questions(path: str | Path, question_types: set[str] | None, dicoms: dict[int, str]):
+    """Parse and validate the csv. Returns (rows_by_split, bad_rows, n_excluded_by_type).
+
+    Each row is {row, study_id, subject_id, ref_id, question_type, question, answer, split};
+    bad_rows are (row_dict_or_raw, reason) for malformed rows and rows whose study has no dicom.
+    """
+    path = Path(path)
+    rows_by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    bad, excluded = [], 0
+    with _open_text(path) as f:
+        reader = csv.DictReader(f)
+        missing = set(QUESTION_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}; need {QUESTION_COLUMNS}")
+        for i, r in enumerate(reader):
+            rec = {"row": i, **{k: r.get(k) for k in QUESTION_COLUMNS}}
+            reason = _validate(rec)
+            if reason is None and question_types and rec["question_type"] not in question_types:
+                excluded += 1
+                continue
+            if reason is None:
+                for key in ("study_id", "ref_id"):
+                    if rec[key] not in dicoms:
+                        reason = f"no dicom in metadata for {key} {rec[key]}"
+                        break
+            if reason:
+                bad.append((rec, reason))
+            else:
+                rows_by_split[rec["split"]].append(rec)
+    return rows_by_split, bad, excluded
+
+
+def _validate(rec: dict) -> str | None:
+    if None in rec.values() or rec.get(None):
+        return "malformed row: wrong number of fields"
+    for key in ("study_id", "subject_id", "ref_id"):
+        try:
+            rec[key] = int(rec[key])
+        except ValueError:
+            return f"malformed row: {key} {rec[key]!r} is not an integer"
+    if rec["question_type"] not in QUESTION_TYPES:
+        return f"malformed row: unknown question_type {rec['question_type']!r}"
+    if rec["split"] not in SPLITS:
+        return f"malformed row: unknown split {rec['split']!r}"
+    if not rec["question"].strip() or not rec["answer"].strip():
+        return "malformed row: empty question or answer"
+    return None
+
+
+def _fingerprint(args: argparse.Namespace) -> dict:
+    def stat(p):
+        s = Path(p).stat()
+        return {"path": str(Path(p).resolve()), "size": s.st_size, "mtime": s.st_mtime}
+
+    return {"questions": stat(args.questions), "metadata": stat(args.metadata),
+            "images": str(Path(args.images).resolve()),
+            "question_types": sorted(args.question_types or []),
+            "resize_shorter": args.resize_shorter, "max_pixels": args.max_pixels,
+            "vocab_size": args.vocab_size}
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Run ingestion; returns the manifest (counts included)."""
+    out = Path(args.out)
+    fp = _fingerprint(args)
+    key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+    manifest_path = out / MANIFEST
+    if manifest_path.exists() and not args.force:
+        m = json.loads(manifest_path.read_text())
+        if m.get("key") == key and (out / BUILDER_DIR).is_dir():
+            print(f"{out} already prepared from these inputs; reusing it (--force rebuilds)")
+            return m
+    for name in (BUILDER_DIR, "index", "tokenizer", REPORT, MANIFEST):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    dicoms = select_frontal(args.metadata)
+    rows_by_split, bad, excluded = read_questions(args.questions, args.question_types, dicoms)
+    images = Path(args.images)
+
+    def path_of(subject: int, study: int) -> Path:
+        return image_path(images, subject, study, dicoms[study])
+
+    report = open(out / REPORT, "w", newline="")
+    writer = csv.writer(report)
+    writer.writerow(["row", "study_id", "ref_id", "question_type", "split", "reason"])
+    counts = {"bad": {}}
+
+    def on_bad_row(rec: dict, reason: str) -> None:
+        writer.writerow([rec.get("row"), rec.get("study_id"), rec.get("ref_id"),
+                         rec.get("question_type"), rec.get("split"), reason])
+        kind = reason.split(" ")[0] if not reason.startswith("malformed") else "malformed"
+        counts["bad"][kind] = counts["bad"].get(kind, 0) + 1
+
+    for rec, reason in bad:
+        on_bad_row(rec, reason)
+
+    import tensorflow_datasets as tfds
+
+    from data_pipeline.tfds_builder import MimicDiffVqa
+
+    workers = args.workers or os.cpu_count() or 1
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        builder = MimicDiffVqa(
+            data_dir=str(out), rows_by_split=rows_by_split, image_path=path_of, pool=pool,
+            resize_shorter=args.resize_shorter, max_pixels=args.max_pixels,
+            on_bad_row=on_bad_row, index_dir=str(out / "index"))
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(
+                download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+    finally:
+        report.close()
+        if pool:
+            pool.close()
+            pool.join()
+
+    train_text = (t for r in rows_by_split["train"] for t in (r["question"], r["answer"]))
+    tok = Tokenizer.train(train_text, vocab_size=args.vocab_size)
+    tok.save(out / "tokenizer")
+
+    ingested = {s: builder.info.splits[s].num_examples if s in builder.info.splits else 0
+                for s in SPLITS}
+    in_csv = {s: len(rows_by_split[s]) for s in SPLITS}
+    n_bad = sum(counts["bad"].values())
+    manifest = {"key": key, "inputs": fp, "builder_dir": str(Path(builder.data_dir).resolve()),
+                "ingested": ingested, "valid_rows": in_csv, "rejected": n_bad,
+                "rejected_by_reason": counts["bad"], "excluded_by_question_type": excluded,
+                "tokenizer_vocab_size": tok.vocab_size, "seconds": round(time.time() - t0, 1)}
+    total_rows = sum(ingested.values()) + n_bad + excluded
+    manifest["csv_rows"] = total_rows
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    print(f"ingested {ingested} (total {sum(ingested.values())}); rejected {n_bad} "
+          f"{counts['bad']} -> {out / REPORT}; excluded by --question_types {excluded}; "
+          f"tokenizer vocab {tok.vocab_size}; {manifest['seconds']}s")
+    return manifest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--questions", required=True, help="mimic_pair_questions.csv")
+    ap.add_argument("--images", required=True, help="MIMIC-CXR-JPG root (holds files/)")
+    ap.add_argument("--metadata", required=True, help="mimic-cxr-2.0.0-metadata.csv[.gz]")
+    ap.add_argument("--out", required=True, help="prepared data directory")
+    ap.add_argument("--question_types", default=None,
+                    help=f"comma-separated subset of {','.join(QUESTION_TYPES)} (default: all)")
+    ap.add_argument("--resize_shorter", type=int, default=544,
+                    help="stored shorter side in px (a little above the crop; 544 for 512)")
+    ap.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help="refuse source images above this many pixels (decompression bombs)")
+    ap.add_argument("--vocab_size", type=int, default=2000, help="trained BPE vocabulary size")
+    ap.add_argument("--workers", type=int, default=None, help="decode processes (default: all)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
+    a = ap.parse_args(argv)
+    if a.question_types:
+        a.question_types = [t.strip() for t in a.question_types.split(",") if t.strip()]
+        unknown = set(a.question_types) - set(QUESTION_TYPES)
+        if unknown:
+            ap.error(f"unknown --question_types {sorted(unknown)}; choose from {QUESTION_TYPES}")
+    for name in ("questions", "metadata", "images"):
+        if not Path(getattr(a, name)).exists():
+            ap.error(f"--{name} {getattr(a, name)} does not exist")
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    prepare(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
