@@ -55,7 +55,8 @@ def select_frontal(metadata: str | Path) -> dict[int, str]:
         reader = csv.DictReader(f)
         need = {"dicom_id", "study_id", "ViewCodeSequence_CodeMeaning"}
         if not need <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: missing columns {sorted(need - set(reader.fieldnames or ()))}")
+            missing = sorted(need - set(reader.fieldnames or ()))
+            raise ValueError(f"{path}: missing columns {missing}")
         for line, r in enumerate(reader, start=2):
             try:
                 study = int(r["study_id"])
@@ -155,7 +156,7 @@ def prepare(args: argparse.Namespace) -> dict:
     def path_of(subject: int, study: int) -> Path:
         return image_path(images, subject, study, dicoms[study])
 
-    report = open(out / REPORT, "w", newline="")
+    report = open(out / REPORT, "w", newline="")  # noqa: SIM115 (closed in the finally below)
     writer = csv.writer(report)
     writer.writerow(["row", "study_id", "ref_id", "question_type", "split", "reason"])
     counts = {"bad": {}}
@@ -180,10 +181,16 @@ def prepare(args: argparse.Namespace) -> dict:
             data_dir=str(out), rows_by_split=rows_by_split, image_path=path_of, pool=pool,
             resize_shorter=args.resize_shorter, max_pixels=args.max_pixels,
             on_bad_row=on_bad_row, index_dir=str(out / "index"))
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(
-                download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+        try:
+            builder.download_and_prepare(
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(
+                    download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+        except AssertionError as e:
+            if "No examples were yielded" not in str(e):
+                raise
+            raise RuntimeError(f"{e}: every row of that split was rejected; see "
+                               f"{out / REPORT} for the reasons") from None
     finally:
         report.close()
         if pool:

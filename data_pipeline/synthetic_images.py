@@ -143,7 +143,8 @@ def _draw_findings(img, u, v, anat, findings, lungs, tex):
                 band = m * _soft(np.abs(v - 0.3 - 0.15 * (u - cu) * sign) - th, 0.01)
                 img = np.maximum(img, band * 0.75)
             elif name == "lung opacity":
-                spots = _soft(0.2 - np.sin(23 * u + 3 * sign) * np.sin(19 * v + 1.3) - 0.15 * tex, 0.05)
+                wave = np.sin(23 * u + 3 * sign) * np.sin(19 * v + 1.3)
+                spots = _soft(0.2 - wave - 0.15 * tex, 0.05)
                 zone = m * _soft(_ellipse_sd(u, v, cu, -0.25, 0.3, 0.3), 0.04)
                 img = img + zone * spots * (0.18, 0.28, 0.38)[lvl]
     if "edema" in findings:

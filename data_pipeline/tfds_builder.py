@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data_pipeline.images import ImageDecodeError, encode_jpeg, open_gray, resize_shorter
 
@@ -92,7 +92,7 @@ class MimicDiffVqa(tfds.core.GeneratorBasedBuilder):
         index = None
         if self._index_dir:
             Path(self._index_dir).mkdir(parents=True, exist_ok=True)
-            index = open(Path(self._index_dir) / f"{split}.jsonl.tmp", "w")
+            index = open(Path(self._index_dir) / f"{split}.jsonl.tmp", "w")  # noqa: SIM115
         n = 0
         for start in range(0, len(rows), CHUNK_ROWS):
             chunk = rows[start:start + CHUNK_ROWS]

@@ -59,7 +59,7 @@ class Tokenizer:
         """Load a tokenizer written by `save`."""
         d = Path(directory)
         if not (d / TOKENIZER_FILE).exists():
-            raise FileNotFoundError(f"no {TOKENIZER_FILE} in {d} (written by data_pipeline.prepare)")
+            raise FileNotFoundError(f"no {TOKENIZER_FILE} in {d} (data_pipeline.prepare writes it)")
         meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).exists() else {}
         backend = tokenizers.Tokenizer.from_file(str(d / TOKENIZER_FILE))
         return cls(backend, meta.get("kind", "bpe"), meta.get("vocab_size"))

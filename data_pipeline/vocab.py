@@ -95,7 +95,8 @@ def difference_answer(
     parts = []
     if added:
         noun = "an additional finding" if len(added) == 1 else "additional findings"
-        parts.append(f"the main image has {noun} of {join_findings(added)} than the reference image. ")
+        parts.append(
+            f"the main image has {noun} of {join_findings(added)} than the reference image. ")
     if missing:
         noun = "finding" if len(missing) == 1 else "findings"
         parts.append(

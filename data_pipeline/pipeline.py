@@ -1,0 +1,312 @@
+"""Grain input pipeline: prepared ArrayRecord pairs -> per-host numpy batches (README).
+
+    tfds ArrayRecord data source -> grain MapDataset -> [shard per host] -> [shuffle per epoch,
+    repeat] -> decode, same crop for both images, per-image photometric jitter, tokenize, pad
+    -> batch -> [mp_prefetch workers]
+
+Batch (B = per-host batch size, S = image_size):
+    ref, main       uint8[B, S, S]   question_ids  int32[B, Lq] (left-padded with pad_id)
+    question_mask   int32[B, Lq]     answer_ids    int32[B, La] (answer + EOS, right-padded)
+    answer_mask     int32[B, La]     question_type int32[B] (index into vocab.QUESTION_TYPES)
+    index           int64[B] (record index in the split; -1 on padding)   valid bool[B]
+
+Training iterators are infinite, reshuffled every epoch, deterministic for a seed, and
+checkpointable (`get_state`/`set_state`, or Orbax `grain.checkpoint.CheckpointSave/Restore`).
+Evaluation iterators go once over the split in order and pad the last batch with valid=False.
+Truncated questions/answers are counted up front for the whole split (logged) and per element
+(`stats()`); unreadable images are counted, logged with their ids and skipped up to a budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from data_pipeline.images import ImageDecodeError, decode_gray, pair_crop, photometric_jitter
+from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.vocab import QUESTION_TYPE_INDEX, QUESTION_TYPES
+
+log = logging.getLogger(__name__)
+_STATS: collections.Counter = collections.Counter()  # per process (each grain worker has its own)
+PIPELINE_MAX_PIXELS = 16_000_000
+
+
+def stats() -> dict[str, int]:
+    """Counters of this process: question_truncated, answer_truncated, bad_image, examples."""
+    return dict(_STATS)
+
+
+def _manifest(data_dir: str | Path) -> dict:
+    p = Path(data_dir) / "prepare.json"
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{data_dir} is not a prepared data directory (no prepare.json). Create it with "
+            "`python -m data_pipeline.prepare --questions CSV --images DIR --metadata CSV "
+            f"--out {data_dir}` (or `python -m data_pipeline.synthetic` first for synthetic data).")
+    return json.loads(p.read_text())
+
+
+def load_tokenizer(data_dir: str | Path, gpt2_dir: str | Path | None = None) -> Tokenizer:
+    """GPT-2's tokenizer from the local `gpt2_dir` if given, else the BPE saved by prepare."""
+    if gpt2_dir:
+        return Tokenizer.from_gpt2_dir(gpt2_dir)
+    _manifest(data_dir)
+    return Tokenizer.load(Path(data_dir) / "tokenizer")
+
+
+class Records:
+    """Text and ids of one split, by record index: `records[i] -> {study_id, subject_id, ref_id,
+    question_type, question, answer, row}` (from DATA_DIR/index/{split}.jsonl)."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        _manifest(data_dir)
+        path = Path(data_dir) / "index" / f"{split}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"split {split!r} not prepared in {data_dir} (no {path})")
+        with open(path) as f:
+            self._rows = [json.loads(line) for line in f]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._rows[int(index)]
+
+
+def load_records(data_dir: str | Path, split: str) -> Records:
+    """Text and ids by record index, for evaluation to look up `batch['index']`."""
+    return Records(data_dir, split)
+
+
+def _source(data_dir: str | Path, split: str):
+    import tensorflow_datasets as tfds
+
+    m = _manifest(data_dir)
+    builder = tfds.builder_from_directory(m["builder_dir"])
+    if split not in builder.info.splits:
+        raise ValueError(f"split {split!r} not in {m['builder_dir']} "
+                         f"(has {list(builder.info.splits)})")
+    return builder.as_data_source(split)
+
+
+class _Subset:
+    """Grain source: records `indices` of a data source, with 'index' added (-1 = padding)."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        j = int(self.indices[i])
+        if j < 0:
+            return {"index": -1}
+        return {**self.source[j], "index": j}
+
+
+def _select(data_dir, split, question_types, n_source: int) -> np.ndarray:
+    records = load_records(data_dir, split)
+    if len(records) != n_source:
+        raise RuntimeError(f"{data_dir}: index/{split}.jsonl has {len(records)} rows but the "
+                           f"ArrayRecord split has {n_source}; rerun data_pipeline.prepare --force")
+    if not question_types:
+        return np.arange(n_source, dtype=np.int64)
+    unknown = set(question_types) - set(QUESTION_TYPES)
+    if unknown:
+        raise ValueError(f"unknown question_types {sorted(unknown)}; choose from {QUESTION_TYPES}")
+    keep = set(question_types)
+    return np.array([i for i in range(n_source) if records[i]["question_type"] in keep],
+                    dtype=np.int64)
+
+
+def count_truncations(data_dir, split, tokenizer: Tokenizer, question_max_tokens: int,
+                      answer_max_tokens: int, indices: np.ndarray | None = None) -> dict[str, int]:
+    """Exact number of questions longer than Lq and answers longer than La - 1 in a split."""
+    records = load_records(data_dir, split)
+    idx = range(len(records)) if indices is None else indices
+    q = tokenizer.encode_batch([records[i]["question"] for i in idx])
+    a = tokenizer.encode_batch([records[i]["answer"] for i in idx])
+    return {"questions": len(q),
+            "question_truncated": sum(len(t) > question_max_tokens for t in q),
+            "answer_truncated": sum(len(t) > answer_max_tokens - 1 for t in a)}
+
+
+class PairTransform(grain.transforms.RandomMap):
+    """record -> example dict (one element of the batch format above), or None to skip it.
+
+    train=True: random crop (same for both images) + per-image jitter (if `jitter`); bad images
+    are skipped (None) and counted, past `max_bad_images` a RuntimeError names them.
+    train=False: center crop, no jitter; bad images and padding give valid=False examples.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, image_size: int, question_max_tokens: int,
+                 answer_max_tokens: int, train: bool, jitter: bool = True,
+                 max_bad_images: int = 100):
+        self.tok, self.size = tokenizer, image_size
+        self.lq, self.la = question_max_tokens, answer_max_tokens
+        self.train, self.jitter, self.max_bad = train, jitter, max_bad_images
+        self.bad_ids: list[str] = []
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict | None:
+        if record["index"] < 0:
+            return self._empty(-1)
+        try:
+            ref = decode_gray(record["ref_image"], PIPELINE_MAX_PIXELS)
+            main = decode_gray(record["main_image"], PIPELINE_MAX_PIXELS)
+        except ImageDecodeError as e:
+            return self._bad(record, e)
+        ref, main = pair_crop(ref, main, self.size, rng if self.train else None)
+        if self.train and self.jitter:
+            ref, main = photometric_jitter(ref, rng), photometric_jitter(main, rng)
+        q_ids, q_mask = self._question(record)
+        a_ids, a_mask = self._answer(record)
+        _STATS["examples"] += 1
+        return {"ref": ref, "main": main, "question_ids": q_ids, "question_mask": q_mask,
+                "answer_ids": a_ids, "answer_mask": a_mask,
+                "question_type": np.int32(QUESTION_TYPE_INDEX[_text(record["question_type"])]),
+                "index": np.int64(record["index"]), "valid": np.bool_(True)}
+
+    def map(self, record: dict) -> dict | None:  # evaluation: deterministic
+        return self.random_map(record, None)
+
+    def _question(self, record):
+        ids = self.tok.encode(_text(record["question"]))
+        if len(ids) > self.lq:
+            self._truncated("question", record, len(ids))
+            ids = ids[: self.lq]
+        out = np.full(self.lq, self.tok.pad_id, np.int32)
+        mask = np.zeros(self.lq, np.int32)
+        if ids:
+            out[-len(ids):], mask[-len(ids):] = ids, 1
+        return out, mask
+
+    def _answer(self, record):
+        ids = self.tok.encode(_text(record["answer"]))
+        if len(ids) > self.la - 1:
+            self._truncated("answer", record, len(ids))
+            ids = ids[: self.la - 1]
+        ids = ids + [self.tok.eos_id]
+        out = np.full(self.la, self.tok.pad_id, np.int32)
+        mask = np.zeros(self.la, np.int32)
+        out[: len(ids)], mask[: len(ids)] = ids, 1
+        return out, mask
+
+    def _truncated(self, what: str, record: dict, n: int) -> None:
+        _STATS[f"{what}_truncated"] += 1
+        if _STATS[f"{what}_truncated"] <= 10:
+            log.warning("%s of record %d (study %s) has %d tokens: truncated", what,
+                        record["index"], record.get("study_id"), n)
+
+    def _bad(self, record: dict, err: Exception) -> dict | None:
+        _STATS["bad_image"] += 1
+        rid = f"record {record['index']} (study {record['study_id']}, ref {record['ref_id']})"
+        self.bad_ids.append(rid)
+        log.warning("unreadable image in %s: %s; skipped", rid, err)
+        if not self.train:
+            return self._empty(int(record["index"]))
+        if len(self.bad_ids) > self.max_bad:
+            raise RuntimeError(f"{len(self.bad_ids)} unreadable images exceed max_bad_images="
+                               f"{self.max_bad}: {', '.join(self.bad_ids[:20])} ...")
+        return None
+
+    def _empty(self, index: int) -> dict:
+        s = self.size
+        return {"ref": np.zeros((s, s), np.uint8), "main": np.zeros((s, s), np.uint8),
+                "question_ids": np.full(self.lq, self.tok.pad_id, np.int32),
+                "question_mask": np.zeros(self.lq, np.int32),
+                "answer_ids": np.full(self.la, self.tok.pad_id, np.int32),
+                "answer_mask": np.zeros(self.la, np.int32), "question_type": np.int32(0),
+                "index": np.int64(index), "valid": np.bool_(False)}
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _per_host(batch_size: int, shard_index: int, shard_count: int) -> int:
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    if batch_size % shard_count:
+        raise ValueError(f"batch size {batch_size} not divisible by shard_count {shard_count}")
+    return batch_size // shard_count
+
+
+def _mark_flags_parsed() -> None:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain's mp_prefetch reads absl flags (DESIGN.md section 4)
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_iterator(
+    data_dir: str | Path, split: str, *, global_batch_size: int, image_size: int,
+    question_max_tokens: int, answer_max_tokens: int, tokenizer: Tokenizer, seed: int,
+    shard_index: int, shard_count: int, num_workers: int, question_types=None,
+    jitter: bool = True, max_bad_images: int = 100,
+) -> grain.DatasetIterator:
+    """Infinite per-host training iterator (checkpointable grain DatasetIterator).
+
+    The split (optionally only `question_types`) is cut into `shard_count` disjoint strided
+    shards of equal length; this host's shard is reshuffled every epoch (seed), and every batch
+    holds global_batch_size // shard_count examples. num_workers > 0 uses grain mp_prefetch.
+    """
+    per_host = _per_host(global_batch_size, shard_index, shard_count)
+    src = _source(data_dir, split)
+    idx = _select(data_dir, split, question_types, len(src))
+    n = len(idx) // shard_count
+    host_idx = idx[shard_index::shard_count][:n]
+    if n < per_host:
+        raise ValueError(f"{split}: {n} examples per host < per-host batch {per_host}")
+    trunc = count_truncations(data_dir, split, tokenizer, question_max_tokens,
+                              answer_max_tokens, idx)
+    if trunc["question_truncated"] or trunc["answer_truncated"]:
+        log.warning("%s/%s: %s (Lq=%d, La=%d)", data_dir, split, trunc, question_max_tokens,
+                    answer_max_tokens)
+    transform = PairTransform(tokenizer, image_size, question_max_tokens, answer_max_tokens,
+                              train=True, jitter=jitter, max_bad_images=max_bad_images)
+    ds = grain.MapDataset.source(_Subset(src, host_idx)).shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(transform, seed=seed * 1000 + shard_index)
+    it_ds = ds.to_iter_dataset().batch(per_host, drop_remainder=True)
+    if num_workers > 0:
+        _mark_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    it = iter(it_ds)
+    it.truncations = trunc  # exact counts over the split, for the training log
+    return it
+
+
+def make_eval_iterator(
+    data_dir: str | Path, split: str, *, batch_size: int, image_size: int,
+    question_max_tokens: int, answer_max_tokens: int, tokenizer: Tokenizer, shard_index: int,
+    shard_count: int, question_types=None, limit: int | None = None, num_workers: int = 0,
+) -> grain.DatasetIterator:
+    """One pass over the split (first `limit` selected records), in order, center crops.
+
+    `batch_size` is global: each host gets batch_size // shard_count examples per batch, from
+    the strided shard `selected[shard_index::shard_count]`; every host yields the same number of
+    batches, padded with valid=False examples (index -1).
+    """
+    per_host = _per_host(batch_size, shard_index, shard_count)
+    src = _source(data_dir, split)
+    idx = _select(data_dir, split, question_types, len(src))
+    if limit is not None:
+        idx = idx[:limit]
+    n_batches = math.ceil(math.ceil(len(idx) / shard_count) / per_host)
+    host_idx = idx[shard_index::shard_count]
+    host_idx = np.concatenate([host_idx, -np.ones(n_batches * per_host - len(host_idx), np.int64)])
+    transform = PairTransform(tokenizer, image_size, question_max_tokens, answer_max_tokens,
+                              train=False)
+    ds = grain.MapDataset.source(_Subset(src, host_idx)).map(transform.map).batch(per_host)
+    it_ds = ds.to_iter_dataset()
+    if num_workers > 0:
+        _mark_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it_ds)
