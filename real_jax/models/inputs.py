@@ -1,0 +1,35 @@
+"""Turns the pipeline's uint8 grayscale crops into encoder inputs, on device.
+
+The host sends `ref` and `main` as `uint8[B, S, S]`; the residual `main - ref` is formed here, so
+it costs no host bandwidth and sees exactly the pixels the encoders see. Grayscale is repeated to
+3 channels so ImageNet-pretrained ResNet-50 weights load unchanged.
+"""
+
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_unit_float(image: jnp.ndarray) -> jnp.ndarray:
+    """`uint8[B, S, S]` -> `float32[B, S, S]` in [0, 1]."""
+    return image.astype(jnp.float32) / 255.0
+
+
+def residual_image(ref: jnp.ndarray, main: jnp.ndarray) -> jnp.ndarray:
+    """`I_res = I_main - I_ref`: `uint8[B, S, S]` x2 -> `float32[B, S, S]` in [-1, 1]."""
+    return to_unit_float(main) - to_unit_float(ref)
+
+
+def normalize_image(image: jnp.ndarray) -> jnp.ndarray:
+    """`float32[B, S, S]` in [0, 1] -> ImageNet-normalised `float32[B, S, S, 3]`."""
+    x = image[..., None]
+    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+def normalize_residual(residual: jnp.ndarray) -> jnp.ndarray:
+    """`float32[B, S, S]` in [-1, 1] -> `float32[B, S, S, 3]`.
+
+    A difference of two ImageNet-normalised images: the means cancel, the scale stays 1/std.
+    """
+    return residual[..., None] / jnp.asarray(IMAGENET_STD)

@@ -1,0 +1,165 @@
+"""ReAl: residual-aligned Difference VQA model (paper section 2, DESIGN.md section 1).
+
+Decoder input, in order: `[residual tokens | ref tokens | main tokens | question | answer]`.
+The image encoder (and its projector) is shared by `ref` and `main`, which go through it as one
+batch of 2B so batch-norm sees both; the residual encoder and projector have their own
+parameters. The three variants are the paper's ablation rows (Table 2):
+
+| variant          | residual branch | consistency loss |
+|------------------|-----------------|------------------|
+| `baseline`       | no (no params)  | no               |
+| `residual_input` | yes             | no               |
+| `real`           | yes             | yes (full ReAl)  |
+
+The model returns the answer-position logits and the encoders' features; the losses live in
+`real_jax/losses.py`.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from real_jax.models.gpt2_decoder import GPT2Config, GPT2Decoder
+from real_jax.models.inputs import (
+    normalize_image,
+    normalize_residual,
+    residual_image,
+    to_unit_float,
+)
+from real_jax.models.projector import Projector
+from real_jax.models.resnet import make_encoder
+
+VARIANTS = ("baseline", "residual_input", "real")
+
+
+def prefix_length(variant: str, num_queries: int) -> int:
+    """Number of image tokens before the question: 2 or 3 groups of `num_queries`."""
+    return (2 if variant == "baseline" else 3) * num_queries
+
+
+def position_ids_from_mask(mask: jnp.ndarray) -> jnp.ndarray:
+    """`int[B, T]` attention mask -> positions that count only real tokens, `int32[B, T]`."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+class ReAl(nn.Module):
+    """The ReAl model. See the module docstring for the layout and variants."""
+
+    decoder_config: GPT2Config
+    encoder: str = "resnet50"
+    variant: str = "real"
+    num_queries: int = 32
+    projector_width: int = 512
+    projector_depth: int = 2
+    projector_heads: int = 8
+    projector_dropout: float = 0.1
+    dtype: Any = jnp.float32
+
+    @property
+    def has_residual_branch(self) -> bool:
+        return self.variant != "baseline"
+
+    @property
+    def prefix_length(self) -> int:
+        return prefix_length(self.variant, self.num_queries)
+
+    def setup(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown model variant {self.variant!r}; choose one of {VARIANTS}")
+        projector = lambda name: Projector(
+            num_queries=self.num_queries,
+            width=self.projector_width,
+            depth=self.projector_depth,
+            num_heads=self.projector_heads,
+            out_dim=self.decoder_config.n_embd,
+            dropout_rate=self.projector_dropout,
+            dtype=self.dtype,
+            name=name,
+        )
+        self.image_encoder = make_encoder(self.encoder, dtype=self.dtype, name="image_encoder")
+        self.image_projector = projector("image_projector")
+        if self.has_residual_branch:
+            self.residual_encoder = make_encoder(
+                self.encoder, dtype=self.dtype, name="residual_encoder"
+            )
+            self.residual_projector = projector("residual_projector")
+        self.decoder = GPT2Decoder(self.decoder_config, dtype=self.dtype, name="decoder")
+
+    def encode(
+        self, ref: jnp.ndarray, main: jnp.ndarray, train: bool = True
+    ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+        """Images -> prefix tokens and encoder features.
+
+        Args:
+          ref, main: `uint8[B, S, S]` grayscale crops.
+        Returns:
+          prefix: `float[B, P, D]`, P = `prefix_length` (residual tokens first when present).
+          features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`.
+        """
+        batch = ref.shape[0]
+        pair = jnp.concatenate([to_unit_float(ref), to_unit_float(main)], axis=0)
+        image_features = self.image_encoder(normalize_image(pair), train=train)
+        image_tokens = self.image_projector(image_features, train=train)
+        features = {"ref": image_features[:batch], "main": image_features[batch:]}
+        groups = [image_tokens[:batch], image_tokens[batch:]]
+        if self.has_residual_branch:
+            residual = normalize_residual(residual_image(ref, main))
+            features["residual"] = self.residual_encoder(residual, train=train)
+            groups.insert(0, self.residual_projector(features["residual"], train=train))
+        return jnp.concatenate(groups, axis=1), features
+
+    def embed_tokens(self, token_ids: jnp.ndarray) -> jnp.ndarray:
+        """`int32[B, T]` -> `float[B, T, D]`."""
+        return self.decoder.embed_tokens(token_ids)
+
+    def prompt(
+        self,
+        ref: jnp.ndarray,
+        main: jnp.ndarray,
+        question_ids: jnp.ndarray,
+        question_mask: jnp.ndarray,
+        train: bool = True,
+    ) -> tuple[jnp.ndarray, jnp.ndarray, dict[str, jnp.ndarray]]:
+        """The decoder prompt `[prefix | question]`.
+
+        Returns embeddings `float[B, P + Lq, D]`, mask `int32[B, P + Lq]`, encoder features.
+        """
+        prefix, features = self.encode(ref, main, train=train)
+        embeds = jnp.concatenate([prefix, self.embed_tokens(question_ids).astype(prefix.dtype)], 1)
+        prefix_mask = jnp.ones(prefix.shape[:2], jnp.int32)
+        mask = jnp.concatenate([prefix_mask, question_mask.astype(jnp.int32)], axis=1)
+        return embeds, mask, features
+
+    def __call__(
+        self,
+        ref: jnp.ndarray,
+        main: jnp.ndarray,
+        question_ids: jnp.ndarray,
+        question_mask: jnp.ndarray,
+        answer_ids: jnp.ndarray,
+        answer_mask: jnp.ndarray,
+        train: bool = True,
+    ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+        """Teacher-forced forward pass.
+
+        Args:
+          ref, main: `uint8[B, S, S]`.
+          question_ids, question_mask: `int32[B, Lq]`, left-padded.
+          answer_ids, answer_mask: `int32[B, La]`, answer + EOS, right-padded.
+        Returns:
+          logits `float32[B, La, V]`, where `logits[:, t]` predicts `answer_ids[:, t]`;
+          the encoder features (see `encode`).
+        """
+        embeds, mask, features = self.prompt(ref, main, question_ids, question_mask, train)
+        prompt_length = embeds.shape[1]
+        answer_length = answer_ids.shape[1]
+        embeds = jnp.concatenate([embeds, self.embed_tokens(answer_ids).astype(embeds.dtype)], 1)
+        mask = jnp.concatenate([mask, answer_mask.astype(jnp.int32)], axis=1)
+        hidden = self.decoder.hidden_states(
+            embeds, mask, position_ids_from_mask(mask), deterministic=not train
+        )
+        # Position t of the answer is predicted from the token before it: the last prompt token
+        # for t = 0. The LM head only runs where a loss is taken.
+        answer_hidden = hidden[:, prompt_length - 1 : prompt_length - 1 + answer_length]
+        return self.decoder.logits(answer_hidden), features

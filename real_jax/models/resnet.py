@@ -1,0 +1,122 @@
+"""ResNet encoders with torchvision's structure, as Flax linen modules.
+
+The layout follows `torchvision.models.resnet50` exactly (bottleneck v1.5: the stride sits on the
+3x3 convolution; symmetric explicit padding; a 1x1 projection shortcut on the first block of each
+stage), so a torchvision state_dict maps one to one onto these parameters (see
+`real_jax/interop/`). The encoder returns the last feature map, not logits: ReAl's projectors and
+its consistency loss work on spatial features.
+
+Parameter names: `conv1`, `bn1`, then `layer{s}_{b}` (stage s=1..4, block b) each holding
+`conv1..3`, `bn1..3` and, on projection blocks, `downsample_conv` / `downsample_bn`.
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# torchvision's BatchNorm2d: eps=1e-5, momentum=0.1 (Flax's momentum is the complement).
+TORCH_BN_EPS = 1e-5
+TORCH_BN_MOMENTUM = 0.9
+
+
+class Bottleneck(nn.Module):
+    """torchvision's `Bottleneck`: 1x1 -> 3x3 (strided) -> 1x1 (x4 channels), plus shortcut."""
+
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: int = 1
+    project_shortcut: bool = False
+    zero_init_last_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        residual = x
+        y = self.conv(self.filters, (1, 1), padding=0, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(
+            self.filters, (3, 3), strides=(self.strides, self.strides), padding=1, name="conv2"
+        )(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.filters * 4, (1, 1), padding=0, name="conv3")(y)
+        last_norm_init = nn.initializers.zeros if self.zero_init_last_norm else nn.initializers.ones
+        y = self.norm(scale_init=last_norm_init, name="bn3")(y)
+        if self.project_shortcut:
+            residual = self.conv(
+                self.filters * 4,
+                (1, 1),
+                strides=(self.strides, self.strides),
+                padding=0,
+                name="downsample_conv",
+            )(residual)
+            residual = self.norm(name="downsample_bn")(residual)
+        return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+    """A torchvision-layout ResNet trunk.
+
+    Call: `float[B, H, W, 3]` (ImageNet-normalised) -> `float32[B, H/32, W/32, C]` with
+    C = `feature_dim` (2048 for ResNet-50). H and W must be multiples of 32.
+    """
+
+    stage_sizes: Sequence[int]
+    num_filters: int = 64
+    dtype: Any = jnp.float32
+    zero_init_last_norm: bool = True
+    conv: Callable[..., nn.Module] = nn.Conv
+    norm: Callable[..., nn.Module] = nn.BatchNorm
+
+    @property
+    def feature_dim(self) -> int:
+        return self.num_filters * 2 ** (len(self.stage_sizes) - 1) * 4
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        conv = partial(self.conv, use_bias=False, dtype=self.dtype)
+        norm = partial(
+            self.norm,
+            use_running_average=not train,
+            momentum=TORCH_BN_MOMENTUM,
+            epsilon=TORCH_BN_EPS,
+            dtype=self.dtype,
+        )
+        x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=3, name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = Bottleneck(
+                    filters=self.num_filters * 2**stage,
+                    conv=conv,
+                    norm=norm,
+                    strides=strides,
+                    project_shortcut=block == 0,
+                    zero_init_last_norm=self.zero_init_last_norm,
+                    name=f"layer{stage + 1}_{block}",
+                )(x)
+        return x.astype(jnp.float32)
+
+
+ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3))
+ResNet26 = partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNetTiny = partial(ResNet, stage_sizes=(1, 1, 1, 1), num_filters=8)
+
+ENCODERS: dict[str, Callable[..., ResNet]] = {
+    "resnet50": ResNet50,
+    "resnet26": ResNet26,
+    "resnet_tiny": ResNetTiny,
+}
+
+
+def make_encoder(architecture: str, **kwargs: Any) -> ResNet:
+    """Builds a registered encoder (`resnet50`, `resnet26`, `resnet_tiny`)."""
+    if architecture not in ENCODERS:
+        raise ValueError(f"unknown encoder {architecture!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[architecture](**kwargs)

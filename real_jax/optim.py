@@ -1,0 +1,37 @@
+"""The optimizer: AdamW with linear warmup, cosine decay and global-norm gradient clipping."""
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """Decay matrices and kernels only; biases and norm scales/offsets are not decayed."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(
+    optim_config: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns the optax transformation and its learning-rate schedule (for logging)."""
+    warmup = min(optim_config.warmup_steps, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=optim_config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=optim_config.learning_rate * optim_config.end_learning_rate_fraction,
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(optim_config.grad_clip_norm),
+        optax.adamw(
+            schedule,
+            b1=optim_config.b1,
+            b2=optim_config.b2,
+            weight_decay=optim_config.weight_decay,
+            mask=weight_decay_mask,
+        ),
+    )
+    return tx, schedule

@@ -1,0 +1,60 @@
+"""Small models and fixed random batches shared by the model tests."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs.real import get_config
+from real_jax.models import build_model
+from real_jax.train_step import MODEL_INPUT_KEYS
+
+VOCAB_SIZE = 64
+EOS_ID = 0
+
+
+def tiny_config(variant: str = "real") -> ml_collections.ConfigDict:
+    config = get_config("tiny")
+    config.model.variant = variant
+    return config
+
+
+def tiny_model(config: ml_collections.ConfigDict | None = None):
+    config = config or tiny_config()
+    return build_model(config.model, vocab_size=VOCAB_SIZE, eos_id=EOS_ID)
+
+
+def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
+    """A batch in the pipeline's format: left-padded questions, answers + EOS right-padded."""
+    rng = np.random.default_rng(seed)
+    size = config.data.image_size
+    lq, la = config.data.question_max_tokens, config.data.answer_max_tokens
+    ref = rng.integers(0, 256, (batch_size, size, size), dtype=np.uint8)
+    main = np.clip(ref.astype(int) + rng.integers(-40, 40, ref.shape), 0, 255).astype(np.uint8)
+    question_ids = np.full((batch_size, lq), EOS_ID, np.int32)
+    question_mask = np.zeros((batch_size, lq), np.int32)
+    answer_ids = np.full((batch_size, la), EOS_ID, np.int32)
+    answer_mask = np.zeros((batch_size, la), np.int32)
+    for i in range(batch_size):
+        q_len = int(rng.integers(3, lq))
+        a_len = int(rng.integers(2, la - 1))
+        question_ids[i, lq - q_len :] = rng.integers(1, VOCAB_SIZE, q_len)
+        question_mask[i, lq - q_len :] = 1
+        answer_ids[i, :a_len] = rng.integers(1, VOCAB_SIZE, a_len)
+        answer_ids[i, a_len] = EOS_ID
+        answer_mask[i, : a_len + 1] = 1
+    return {
+        "ref": ref,
+        "main": main,
+        "question_ids": question_ids,
+        "question_mask": question_mask,
+        "answer_ids": answer_ids,
+        "answer_mask": answer_mask,
+    }
+
+
+def init_variables(model, batch: dict, seed: int = 0) -> dict:
+    args = [jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS]
+    return jax.jit(lambda rng: model.init({"params": rng}, *args, train=False))(
+        jax.random.key(seed)
+    )
