@@ -7,6 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import IMAGE_SIZE
+from PIL import Image
 
 from data_pipeline import images
 from data_pipeline.pipeline import (
@@ -60,8 +61,6 @@ def test_batch_format(data_dir, tokenizer):
 def test_pair_crops_aligned(data_dir, tokenizer):
     """Same study as ref and main: zero residual before jitter, with random crops; different
     image sizes still get one common crop."""
-    it = _eval(data_dir, tokenizer)
-    src_rec = it  # noqa: F841 (keeps the iterator alive while we read the source)
     from data_pipeline.pipeline import _source
 
     rec = dict(_source(data_dir, "train")[0])
@@ -72,8 +71,7 @@ def test_pair_crops_aligned(data_dir, tokenizer):
         ex = t.random_map(dict(rec), np.random.default_rng(seed))
         assert np.abs(images.residual(ex["ref"], ex["main"])).max() == 0.0
     big = images.decode_gray(rec["main_image"])
-    up = np.asarray(__import__("PIL.Image").Image.fromarray(big).resize(
-        (big.shape[1] * 2, big.shape[0] * 2)))
+    up = np.asarray(Image.fromarray(big).resize((big.shape[1] * 2, big.shape[0] * 2)))
     r, m = images.pair_crop(big, up, S, np.random.default_rng(1))
     assert np.abs(images.residual(r, m)).mean() < 0.03
     # with jitter the pair differs photometrically only
