@@ -103,6 +103,15 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 8
     config.data.jitter = True
     config.data.eval_limit = -1  # > 0: evaluate on the first N examples only
+    # When set, `data.dir` is prepared from a synthetic dataset generated into this directory if
+    # either is absent (the demo); empty for real data, which `data_pipeline.prepare` prepares.
+    config.data.synthetic_source = ""
+    config.data.synthetic_subjects = 1000
+    config.data.synthetic_image_size = 128  # generated image width
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 64  # global, like train.global_batch_size
+    config.eval.num_figure_examples = 4
 
     config.generation = ml_collections.ConfigDict()
     config.generation.method = "greedy"  # greedy | beam
@@ -119,14 +128,15 @@ def paper_config() -> ml_collections.ConfigDict:
 def apply_synthetic(config: ml_collections.ConfigDict) -> None:
     """The CPU demo: a small model on the generated synthetic dataset (README, Quick start)."""
     config.data.dir = "runs/synthetic_data/prepared"
-    config.data.synthetic_source = "runs/synthetic_data/raw"  # generated when absent
-    config.data.synthetic_subjects = 400
+    config.data.synthetic_source = "runs/synthetic_data/raw"
     config.data.question_types = ("difference",)
     config.data.image_size = 96
     config.data.question_max_tokens = 24
     config.data.answer_max_tokens = 64
+    config.generation.max_answer_tokens = 63
     config.data.num_workers = 0
     config.data.eval_limit = 256
+    config.eval.batch_size = 64
     config.model.encoder = "resnet_tiny"
     config.model.num_queries = 8
     config.model.projector_width = 128
@@ -152,6 +162,9 @@ def apply_tiny(config: ml_collections.ConfigDict) -> None:
     config.data.question_max_tokens = 16
     config.data.answer_max_tokens = 32
     config.data.eval_limit = 16
+    config.eval.batch_size = 8
+    config.eval.num_figure_examples = 2
+    config.generation.max_answer_tokens = 24
     config.model.num_queries = 4
     config.model.projector_width = 32
     config.model.projector_heads = 2

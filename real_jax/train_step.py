@@ -53,16 +53,8 @@ def model_args(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
     return tuple(batch[key] for key in MODEL_INPUT_KEYS)
 
 
-def create_train_state(
-    model: ReAl,
-    tx: optax.GradientTransformation,
-    rng: jax.Array,
-    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
-    mesh: Mesh,
-    fsdp: bool = False,
-) -> tuple[TrainState, Any]:
-    """Initialises the state directly in its sharded layout. Returns `(state, state_shardings)`."""
-
+def _init_fn(model: ReAl, tx: optax.GradientTransformation,
+             input_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> Callable[[jax.Array], TrainState]:
     def init(rng: jax.Array) -> TrainState:
         dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in input_shapes.items()}
         variables = model.init({"params": rng, "dropout": rng}, *model_args(dummy), train=False)
@@ -74,9 +66,40 @@ def create_train_state(
             opt_state=tx.init(params),
         )
 
-    abstract_state = jax.eval_shape(init, rng)
-    shardings = shd.state_shardings(abstract_state, mesh, fsdp)
-    state = jax.jit(init, out_shardings=shardings)(rng)
+    return init
+
+
+def abstract_train_state(
+    model: ReAl,
+    tx: optax.GradientTransformation,
+    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
+    mesh: Mesh,
+    fsdp: bool = False,
+) -> tuple[TrainState, Any]:
+    """Shapes, dtypes and shardings of the train state, with nothing allocated.
+
+    Returns `(abstract_state, state_shardings)`; the abstract leaves carry their sharding, so
+    they can serve directly as a checkpoint restore target.
+    """
+    abstract = jax.eval_shape(_init_fn(model, tx, input_shapes), jax.random.key(0))
+    shardings = shd.state_shardings(abstract, mesh, fsdp)
+    with_sharding = jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        abstract, shardings)
+    return with_sharding, shardings
+
+
+def create_train_state(
+    model: ReAl,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
+    mesh: Mesh,
+    fsdp: bool = False,
+) -> tuple[TrainState, Any]:
+    """Initialises the state directly in its sharded layout. Returns `(state, state_shardings)`."""
+    _, shardings = abstract_train_state(model, tx, input_shapes, mesh, fsdp)
+    state = jax.jit(_init_fn(model, tx, input_shapes), out_shardings=shardings)(rng)
     return state, shardings
 
 

@@ -1,0 +1,112 @@
+"""Checks a config against itself and the machine before anything is compiled or allocated.
+
+Every problem found is reported at once, each naming the field, so an impossible run fails in
+seconds with a message that says what to change.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from real_jax.generation import GENERATION_METHODS
+from real_jax.losses import CONSISTENCY_AGGREGATES, CONSISTENCY_SIGNS, CONSISTENCY_SPATIAL
+from real_jax.models import DTYPES
+from real_jax.models.real import VARIANTS, prefix_length
+from real_jax.models.resnet import ENCODERS
+
+NONFINITE_POLICIES = ("stop", "skip")
+ENCODER_STRIDE = 32
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent configuration."""
+
+
+def config_problems(config: ml_collections.ConfigDict, device_count: int,
+                    process_count: int = 1) -> list[str]:
+    """All problems with `config` for a run on `device_count` devices (empty: fine)."""
+    problems: list[str] = []
+    model, train, data, gen = config.model, config.train, config.data, config.generation
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    check(model.variant in VARIANTS, f"model.variant={model.variant!r} not in {VARIANTS}")
+    check(model.encoder in ENCODERS, f"model.encoder={model.encoder!r} not in {sorted(ENCODERS)}")
+    check(model.dtype in DTYPES, f"model.dtype={model.dtype!r} not in {sorted(DTYPES)}")
+    check(model.projector_width % 4 == 0 and model.projector_width % model.projector_heads == 0,
+          f"model.projector_width={model.projector_width} must be a multiple of 4 and of "
+          f"model.projector_heads={model.projector_heads}")
+    check(model.decoder.n_embd % model.decoder.n_head == 0,
+          f"model.decoder.n_embd={model.decoder.n_embd} not divisible by "
+          f"model.decoder.n_head={model.decoder.n_head}")
+    check(data.image_size >= ENCODER_STRIDE and data.image_size % ENCODER_STRIDE == 0,
+          f"data.image_size={data.image_size}: the ResNet encoder needs a positive multiple of "
+          f"{ENCODER_STRIDE}")
+    for name in ("global_batch_size",):
+        batch = train[name]
+        check(batch > 0 and batch % device_count == 0,
+              f"train.{name}={batch} is not divisible by the {device_count} data-parallel "
+              "devices")
+    check(config.eval.batch_size > 0 and config.eval.batch_size % device_count == 0,
+          f"eval.batch_size={config.eval.batch_size} is not divisible by the {device_count} "
+          "data-parallel devices")
+    accum = train.grad_accum_steps
+    per_device = train.global_batch_size // max(device_count, 1)
+    check(accum >= 1 and train.global_batch_size % accum == 0
+          and (train.global_batch_size // max(accum, 1)) % device_count == 0,
+          f"train.grad_accum_steps={accum}: each micro-batch (global_batch_size / "
+          f"grad_accum_steps) must be a positive multiple of the {device_count} devices "
+          f"({per_device} examples per device per step)")
+    check(train.num_train_steps > 0 or train.num_epochs > 0,
+          "set train.num_train_steps > 0 or train.num_epochs > 0")
+    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                 "keep_checkpoints"):
+        check(train[name] >= 1, f"train.{name}={train[name]} must be >= 1")
+    check(train.nonfinite_policy in NONFINITE_POLICIES,
+          f"train.nonfinite_policy={train.nonfinite_policy!r} not in {NONFINITE_POLICIES}")
+    loss = config.loss
+    check(loss.consistency_sign in CONSISTENCY_SIGNS,
+          f"loss.consistency_sign={loss.consistency_sign!r} not in {CONSISTENCY_SIGNS}")
+    check(loss.consistency_spatial in CONSISTENCY_SPATIAL,
+          f"loss.consistency_spatial={loss.consistency_spatial!r} not in {CONSISTENCY_SPATIAL}")
+    check(loss.consistency_aggregate in CONSISTENCY_AGGREGATES,
+          f"loss.consistency_aggregate={loss.consistency_aggregate!r} not in "
+          f"{CONSISTENCY_AGGREGATES}")
+    check(gen.method in GENERATION_METHODS,
+          f"generation.method={gen.method!r} not in {GENERATION_METHODS}")
+    check(gen.beam_size >= 1, f"generation.beam_size={gen.beam_size} must be >= 1")
+    check(gen.max_answer_tokens >= 1,
+          f"generation.max_answer_tokens={gen.max_answer_tokens} must be >= 1")
+    check(data.question_max_tokens >= 1 and data.answer_max_tokens >= 2,
+          "data.question_max_tokens must be >= 1 and data.answer_max_tokens >= 2 (answer + EOS)")
+    prompt = prefix_length(model.variant, model.num_queries) + data.question_max_tokens
+    longest = prompt + max(data.answer_max_tokens, gen.max_answer_tokens)
+    check(longest <= model.decoder.n_positions,
+          f"image tokens + question + answer = {longest} positions exceed "
+          f"model.decoder.n_positions={model.decoder.n_positions}")
+    pretrained = config.pretrained
+    if pretrained.resnet50:
+        check(Path(pretrained.resnet50).is_file(),
+              f"pretrained.resnet50={pretrained.resnet50!r} does not exist")
+    if pretrained.gpt2_dir:
+        check(Path(pretrained.gpt2_dir).is_dir(),
+              f"pretrained.gpt2_dir={pretrained.gpt2_dir!r} is not a directory")
+    if not data.synthetic_source:
+        check((Path(data.dir) / "prepare.json").is_file(),
+              f"data.dir={data.dir!r} is not a prepared dataset (no prepare.json); prepare it "
+              "with `python -m data_pipeline.prepare` (README: Preparing MIMIC-Diff-VQA)")
+    elif process_count > 1:
+        check((Path(data.dir) / "prepare.json").is_file(),
+              "generate and prepare the synthetic dataset once before a multi-host run "
+              f"(data.dir={data.dir!r} is missing)")
+    return problems
+
+
+def validate_config(config: ml_collections.ConfigDict, device_count: int,
+                    process_count: int = 1) -> None:
+    """Raises `ConfigError` listing every problem, before any compilation."""
+    problems = config_problems(config, device_count, process_count)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

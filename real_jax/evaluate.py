@@ -1,0 +1,148 @@
+"""Evaluation loop: generate answers for a split, score them, write predictions, metrics, figure.
+
+All processes generate (the batch is global); tokens, indices and validity are gathered to
+every process, and process 0 decodes, scores with pycocoevalcap (`real_jax.evaluation`) and
+writes `predictions.jsonl`, `metrics.json` and `examples.png` into the output directory.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from data_pipeline.pipeline import load_records, make_eval_iterator
+from data_pipeline.tokenizer import Tokenizer
+from real_jax import sharding as shd
+from real_jax.evaluation import (
+    FigureExample,
+    Prediction,
+    save_examples_figure,
+    score_predictions,
+    write_metrics_json,
+    write_predictions_jsonl,
+)
+from real_jax.generation import make_generate_fn, strip_after_eos
+from real_jax.models.real import ReAl
+
+GENERATION_KEYS = ("ref", "main", "question_ids", "question_mask", "index", "valid")
+
+
+class Evaluator:
+    """Generates and scores answers for one split; the jitted generator is built once."""
+
+    def __init__(self, model: ReAl, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                 mesh: Mesh, split: str) -> None:
+        generation = config.generation
+        self.config = config
+        self.tokenizer = tokenizer
+        self.mesh = mesh
+        self.split = split
+        self.records = load_records(config.data.dir, split)
+        self.generate = make_generate_fn(
+            model,
+            method=generation.method,
+            max_new_tokens=generation.max_answer_tokens,
+            eos_id=tokenizer.eos_id,
+            beam_size=generation.beam_size,
+            length_penalty=generation.length_penalty,
+        )
+
+    def _iterator(self):
+        data = self.config.data
+        return make_eval_iterator(
+            data.dir,
+            self.split,
+            batch_size=self.config.eval.batch_size,
+            image_size=data.image_size,
+            question_max_tokens=data.question_max_tokens,
+            answer_max_tokens=data.answer_max_tokens,
+            tokenizer=self.tokenizer,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            question_types=list(data.question_types) or None,
+            limit=data.eval_limit if data.eval_limit > 0 else None,
+        )
+
+    def predictions(self, variables: Any) -> tuple[list[Prediction], dict[int, dict]]:
+        """Answers for the split. Returns the predictions (in split order) and, on process 0, the
+        images of the first few examples for the figure (`{index: {"ref", "main"}}`)."""
+        predictions: list[Prediction] = []
+        images: dict[int, dict] = {}
+        num_figure = self.config.eval.num_figure_examples
+        for local in self._iterator():
+            batch = shd.make_global_batch(local, self.mesh, GENERATION_KEYS)
+            tokens = self.generate(variables, batch)
+            tokens, index, valid = (
+                np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                for x in (tokens, batch["index"], batch["valid"])
+            )
+            for row, i in zip(strip_after_eos(tokens[valid], self.tokenizer.eos_id),
+                              index[valid], strict=True):
+                record = self.records[int(i)]
+                predictions.append(Prediction(
+                    index=int(i),
+                    study_id=str(record["study_id"]),
+                    ref_id=str(record["ref_id"]),
+                    subject_id=str(record["subject_id"]),
+                    question_type=str(record["question_type"]),
+                    question=str(record["question"]),
+                    reference=str(record["answer"]),
+                    prediction=self.tokenizer.decode(row),
+                ))
+            for j in np.flatnonzero(local["valid"]):
+                if len(images) < num_figure:
+                    images[int(local["index"][j])] = {"ref": local["ref"][j],
+                                                      "main": local["main"][j]}
+        predictions.sort(key=lambda p: p.index)
+        return predictions, images
+
+    def evaluate(self, variables: Any, out_dir: str | Path, score: bool = True) -> dict[str, Any]:
+        """Generates, then (process 0) writes predictions and, with `score`, metrics + figure.
+
+        Returns the metrics (empty without `score`); on processes other than 0, only the
+        metric named by `config.train.best_metric` is filled in, broadcast from process 0.
+        """
+        predictions, images = self.predictions(variables)
+        metrics: dict[str, Any] = {}
+        if jax.process_index() == 0:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_predictions_jsonl(out / "predictions.jsonl", predictions)
+            if score:
+                metrics = score_predictions(predictions)
+                metrics["num_examples"] = len(predictions)
+                write_metrics_json(out / "metrics.json", metrics)
+                by_index = {p.index: p for p in predictions}
+                save_examples_figure(out / "examples.png", [
+                    FigureExample(ref=img["ref"], main=img["main"],
+                                  question=by_index[i].question,
+                                  reference=by_index[i].reference,
+                                  prediction=by_index[i].prediction,
+                                  title=f"study {by_index[i].study_id} vs {by_index[i].ref_id}")
+                    for i, img in sorted(images.items()) if i in by_index])
+            logging.info("evaluated %d %s examples into %s", len(predictions), self.split, out)
+        if score and jax.process_count() > 1:
+            metrics = _share_best_metric(metrics, self.config.train.best_metric)
+        return metrics
+
+
+def _share_best_metric(metrics: dict[str, Any], path: str) -> dict[str, Any]:
+    """Process 0's value of the best-checkpoint metric, on every process."""
+    from real_jax.checkpointing import metric_value
+
+    value = np.float64(metric_value(metrics, path) if jax.process_index() == 0 else 0.0)
+    value = float(multihost_utils.broadcast_one_to_all(value))
+    if jax.process_index() == 0:
+        return metrics
+    shared: dict[str, Any] = {}
+    node = shared
+    keys = path.split("/")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return shared

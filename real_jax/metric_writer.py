@@ -1,0 +1,76 @@
+"""Training logs: console lines, TensorBoard event files and a JSONL metrics log.
+
+Only process 0 writes; on other processes every call is a no-op, so callers need not check.
+"""
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        elif np.ndim(value) == 0 and isinstance(np.asarray(value).item(), int | float | bool):
+            flat[name] = float(np.asarray(value))
+    return flat
+
+
+class MetricWriter:
+    """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/`, logs them too."""
+
+    def __init__(self, workdir: str | Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self._tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115
+            self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+        """Logs nested scalar metrics as `prefix/key/...`; returns the flattened dict."""
+        flat = _flatten(metrics, prefix)
+        if not self.enabled:
+            return flat
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **flat}) + "\n")
+        self._jsonl.flush()
+        for name, value in flat.items():
+            self._tensorboard.add_scalar(name, value, step)
+        self._tensorboard.flush()
+        return flat
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+class Progress:
+    """Console progress: steps/s and ETA over the last logging interval."""
+
+    def __init__(self, total_steps: int, first_step: int) -> None:
+        self.total_steps = total_steps
+        self._last_step, self._last_time = first_step, time.perf_counter()
+
+    def line(self, step: int, metrics: Mapping[str, float]) -> str:
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
+        parts = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                         if k.startswith("loss") or k in ("grad_norm", "learning_rate"))
+        return (f"step {step}/{self.total_steps} {rate:.2f} steps/s ETA {eta / 60:.1f} min "
+                f"{parts}")
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        logging.info("%s", self.line(step, metrics))

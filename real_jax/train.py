@@ -1,0 +1,216 @@
+"""Training driver: `train_and_evaluate(config, workdir)` and `evaluate_checkpoint(...)`.
+
+Builds the model, mesh, optimizer and sharded state; resumes from the workdir's latest complete
+checkpoint (state and data iterator); runs the jitted step with periodic logging, evaluation and
+asynchronous checkpoints. Non-finite losses stop the run (or, with
+`train.nonfinite_policy="skip"`, the step is dropped and counted). Only process 0 writes logs
+and evaluation files; checkpoints are written collectively through Orbax.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data_pipeline.pipeline import load_records, load_tokenizer, make_train_iterator
+from data_pipeline.tokenizer import Tokenizer
+from real_jax import sharding as shd
+from real_jax.checkpointing import Checkpointer
+from real_jax.config_checks import validate_config
+from real_jax.evaluate import Evaluator
+from real_jax.metric_writer import MetricWriter, Progress
+from real_jax.models import ReAl, build_model
+from real_jax.optim import make_optimizer
+from real_jax.train_step import (
+    MODEL_INPUT_KEYS,
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    example_batch,
+    make_train_step,
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config before the first step."""
+
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+    model: ReAl
+    mesh: jax.sharding.Mesh
+    total_steps: int
+    tx: Any
+    schedule: Any
+    input_shapes: dict
+
+
+def ensure_dataset(config: ml_collections.ConfigDict) -> None:
+    """Generates and prepares the synthetic dataset when the config names one and it is absent."""
+    data = config.data
+    if not data.synthetic_source or (Path(data.dir) / "prepare.json").is_file():
+        return
+    from data_pipeline import prepare, synthetic
+
+    source = Path(data.synthetic_source)
+    questions = source / synthetic.QUESTIONS_CSV
+    if not questions.is_file():
+        logging.info("generating the synthetic dataset (%d subjects) into %s",
+                     data.synthetic_subjects, source)
+        synthetic.generate(source, subjects=data.synthetic_subjects, seed=config.seed,
+                           image_size=data.synthetic_image_size)
+    logging.info("preparing %s into %s", source, data.dir)
+    prepare.main([
+        "--questions", str(questions),
+        "--images", str(source),
+        "--metadata", str(source / synthetic.METADATA_CSV),
+        "--out", str(data.dir),
+        "--resize_shorter", str(data.image_size + data.image_size // 16),
+    ])
+
+
+def count_examples(config: ml_collections.ConfigDict, split: str) -> int:
+    types = set(config.data.question_types)
+    records = load_records(config.data.dir, split)
+    return sum(1 for i in range(len(records))
+               if not types or records[i]["question_type"] in types)
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+    validate_config(config, jax.device_count(), jax.process_count())
+    ensure_dataset(config)
+    tokenizer = load_tokenizer(config.data.dir, config.pretrained.gpt2_dir or None)
+    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id)
+    train = config.train
+    if train.num_train_steps > 0:
+        total_steps = train.num_train_steps
+    else:
+        steps_per_epoch = count_examples(config, config.data.train_split) // train.global_batch_size
+        total_steps = max(1, steps_per_epoch * train.num_epochs)
+    tx, schedule = make_optimizer(config.optim, total_steps)
+    input_shapes = example_batch(train.global_batch_size, config.data.image_size,
+                                 config.data.question_max_tokens, config.data.answer_max_tokens)
+    return Experiment(config, tokenizer, model, shd.make_mesh(), total_steps, tx, schedule,
+                      input_shapes)
+
+
+def variables_of(state: TrainState) -> dict[str, Any]:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _host_metrics(step: int, metrics: dict[str, Any], policy: str,
+                  checkpointer: Checkpointer) -> dict[str, float]:
+    host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    if not host["finite"] and policy == "stop":
+        checkpointer.wait_until_finished()
+        parts = ", ".join(f"{k}={v:.6g}" for k, v in host.items() if k.startswith("loss"))
+        raise NonFiniteLossError(
+            f"non-finite loss or gradients at step {step}: {parts}, "
+            f"grad_norm={host['grad_norm']:.6g}. The latest checkpoint is step "
+            f"{checkpointer.latest_step()} (untouched). Lower optim.learning_rate, check the "
+            "data, or set train.nonfinite_policy=skip to drop such steps.")
+    if host["skipped"]:
+        logging.warning("step %d: non-finite loss or gradients, update skipped: %s", step, host)
+    return host
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains (resuming from `workdir` if it holds checkpoints); returns the last eval metrics."""
+    workdir = Path(workdir)
+    exp = build_experiment(config)
+    train = config.train
+    rng = jax.random.key(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    state, shardings = create_train_state(exp.model, exp.tx, init_rng, exp.input_shapes,
+                                          exp.mesh, fsdp=config.mesh.fsdp)
+    data = config.data
+    train_iter = make_train_iterator(
+        data.dir, data.train_split, global_batch_size=train.global_batch_size,
+        image_size=data.image_size, question_max_tokens=data.question_max_tokens,
+        answer_max_tokens=data.answer_max_tokens, tokenizer=exp.tokenizer, seed=config.seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
+        num_workers=data.num_workers, question_types=list(data.question_types) or None,
+        jitter=data.jitter)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints,
+                                best_metric=train.best_metric)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract, _ = abstract_train_state(exp.model, exp.tx, exp.input_shapes, exp.mesh,
+                                           config.mesh.fsdp)
+        state = checkpointer.restore(latest, abstract, train_iter)
+        logging.info("resumed from %s at step %d", workdir / "checkpoints", latest)
+    elif jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    train_step = make_train_step(
+        exp.model, exp.tx, config.loss, exp.mesh, shardings, schedule=exp.schedule,
+        grad_accum_steps=train.grad_accum_steps,
+        skip_nonfinite=train.nonfinite_policy == "skip")
+    evaluator = Evaluator(exp.model, config, exp.tokenizer, exp.mesh, data.eval_split)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    step = int(state.step)
+    progress = Progress(exp.total_steps, step)
+    logging.info("training steps %d..%d on %d devices (%d processes), global batch %d",
+                 step, exp.total_steps, jax.device_count(), jax.process_count(),
+                 train.global_batch_size)
+    eval_metrics: dict[str, Any] = {}
+    pending = None  # the previous step's metrics, checked after the next step is dispatched
+    while step < exp.total_steps:
+        batch = shd.make_global_batch(next(train_iter), exp.mesh, MODEL_INPUT_KEYS)
+        state, metrics = train_step(state, batch, train_rng)
+        if pending is not None:
+            _host_metrics(*pending, train.nonfinite_policy, checkpointer)
+        step += 1
+        pending = (step, metrics)
+        last = step == exp.total_steps
+        do_eval = step % train.eval_every_steps == 0 or last
+        do_save = step % train.checkpoint_every_steps == 0 or do_eval
+        if step % train.log_every_steps == 0 or do_save:
+            host = _host_metrics(*pending, train.nonfinite_policy, checkpointer)
+            pending = None
+            writer.write(step, host, "train/")
+            if jax.process_index() == 0:
+                progress.log(step, host)
+        if do_eval:
+            eval_dir = workdir / "eval" / f"step_{step}"
+            eval_metrics = evaluator.evaluate(variables_of(state), eval_dir)
+            writer.write(step, eval_metrics, "eval/")
+        if do_save:
+            checkpointer.save(step, state, train_iter, config, eval_metrics if do_eval else None)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
+    return eval_metrics
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                        step: int | None = None, split: str | None = None,
+                        score: bool = True) -> dict[str, Any]:
+    """Evaluates (or, without `score`, only writes predictions for) a saved checkpoint.
+
+    Writes into `workdir/eval_{split}/step_{N}/`; returns the metrics.
+    """
+    workdir = Path(workdir)
+    exp = build_experiment(config)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                                best_metric=config.train.best_metric, async_save=False)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    abstract, _ = abstract_train_state(exp.model, exp.tx, exp.input_shapes, exp.mesh,
+                                       config.mesh.fsdp)
+    state = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    split = split or config.data.eval_split
+    evaluator = Evaluator(exp.model, config, exp.tokenizer, exp.mesh, split)
+    return evaluator.evaluate(variables_of(state), workdir / f"eval_{split}" / f"step_{step}",
+                              score=score)
