@@ -74,6 +74,7 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> None:
         "--metadata", str(source / synthetic.METADATA_CSV),
         "--out", str(data.dir),
         "--resize_shorter", str(data.image_size + data.image_size // 16),
+        *(["--question_types", ",".join(data.question_types)] if data.question_types else []),
     ])
 
 

@@ -54,7 +54,8 @@ def main() -> None:
         losses, params, stats, sharded = run(devices, fsdp)
         report[name] = {
             "losses": losses,
-            "max_loss_difference": max(abs(a - b) for a, b in zip(losses, reference[0])),
+            "max_loss_difference": max(
+                abs(a - b) for a, b in zip(losses, reference[0], strict=True)),
             "max_param_difference": max_abs_difference(params, reference[1]),
             "max_batch_stats_difference": max_abs_difference(stats, reference[2]),
             "sharded_arrays": sharded,

@@ -1,0 +1,66 @@
+"""Impossible configs fail before anything compiles, with messages naming the field."""
+
+import pytest
+
+from configs.real import PRESETS, get_config
+from real_jax.config_checks import ConfigError, config_problems, validate_config
+
+
+@pytest.fixture
+def config(tmp_path):
+    config = get_config("tiny")
+    config.data.synthetic_source = str(tmp_path / "raw")  # no prepared dataset needed
+    return config
+
+
+def test_every_preset_is_valid_on_eight_devices(tmp_path):
+    for preset in PRESETS:
+        config = get_config(preset)
+        config.data.synthetic_source = str(tmp_path)
+        assert config_problems(config, device_count=8) == [], preset
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="unknown preset 'paperr'.*synthetic"):
+        get_config("paperr")
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("train.global_batch_size", 12, "global_batch_size=12 is not divisible by the 8"),
+        ("eval.batch_size", 4, "eval.batch_size=4"),
+        ("data.image_size", 100, "image_size=100"),
+        ("generation.beam_size", 0, "beam_size=0"),
+        ("generation.method", "sample", "generation.method='sample'"),
+        ("model.variant", "residual", "model.variant='residual'"),
+        ("model.encoder", "vit", "model.encoder='vit'"),
+        ("train.grad_accum_steps", 3, "grad_accum_steps=3"),
+        ("loss.consistency_sign", "minus", "consistency_sign='minus'"),
+        ("train.nonfinite_policy", "ignore", "nonfinite_policy='ignore'"),
+        ("model.decoder.n_positions", 32, "n_positions=32"),
+        ("pretrained.resnet50", "/nonexistent/resnet50.pth", "resnet50.pth' does not exist"),
+        ("pretrained.gpt2_dir", "/nonexistent/gpt2", "is not a directory"),
+    ],
+)
+def test_bad_field_is_reported_by_name(config, field, value, message):
+    *parents, leaf = field.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(config, device_count=8)
+
+
+def test_missing_dataset_points_at_preparation(tmp_path):
+    config = get_config("paper")
+    config.data.dir = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="data_pipeline.prepare"):
+        validate_config(config, device_count=1)
+
+
+def test_all_problems_are_reported_together(config):
+    config.generation.beam_size = 0
+    config.data.image_size = 33
+    assert len(config_problems(config, device_count=1)) == 2
