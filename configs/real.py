@@ -55,6 +55,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.model.projector_heads = 8  # ours
     config.model.projector_dropout = 0.1
     config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
+    config.model.blank_images = False  # control: zero images -> text-only prior
     config.model.decoder = ml_collections.ConfigDict()
     config.model.decoder.n_layer = 12  # GPT-2 124M
     config.model.decoder.n_embd = 768

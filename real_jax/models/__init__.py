@@ -33,6 +33,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, eos_id
         projector_depth=model_config.projector_depth,
         projector_heads=model_config.projector_heads,
         projector_dropout=model_config.projector_dropout,
+        blank_images=model_config.blank_images,
         dtype=DTYPES[model_config.dtype],
     )
 

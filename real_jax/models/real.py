@@ -11,6 +11,9 @@ parameters. The three variants are the paper's ablation rows (Table 2):
 | `residual_input` | yes             | no               |
 | `real`           | yes             | yes (full ReAl)  |
 
+`blank_images=True` replaces both images with zeros: the same model then learns only the text
+prior, the control that shows how much the images contribute.
+
 The model returns the answer-position logits and the encoders' features; the losses live in
 `real_jax/losses.py`.
 """
@@ -54,6 +57,7 @@ class ReAl(nn.Module):
     projector_depth: int = 2
     projector_heads: int = 8
     projector_dropout: float = 0.1
+    blank_images: bool = False  # control experiment: the images are replaced by zeros
     dtype: Any = jnp.float32
 
     @property
@@ -98,6 +102,8 @@ class ReAl(nn.Module):
           features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`.
         """
         batch = ref.shape[0]
+        if self.blank_images:
+            ref, main = jnp.zeros_like(ref), jnp.zeros_like(main)
         pair = jnp.concatenate([to_unit_float(ref), to_unit_float(main)], axis=0)
         image_features = self.image_encoder(normalize_image(pair), train=train)
         image_tokens = self.image_projector(image_features, train=train)

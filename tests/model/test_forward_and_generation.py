@@ -65,6 +65,14 @@ def test_answer_logits_depend_on_the_images(setup):
                float(eval_loss(model, variables, batch))) > 1e-4
 
 
+def test_blank_images_control_ignores_the_images(setup):
+    _, model, batch, variables = setup
+    blind = model.clone(blank_images=True)
+    other = dict(batch, ref=255 - batch["ref"], main=batch["ref"])
+    np.testing.assert_allclose(eval_loss(blind, variables, other),
+                               eval_loss(blind, variables, batch), rtol=1e-6)
+
+
 def uncached_greedy(model, variables, batch, max_new):
     """Step-by-step argmax with a full forward pass each step and no cache.
 

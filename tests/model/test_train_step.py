@@ -85,10 +85,11 @@ def test_gradient_accumulation_averages_strided_microbatch_gradients():
     # By hand: micro-batch i holds rows i, i + 2; gradients averaged; batch stats threaded.
     loss_fn = make_loss_fn(model, config.loss)
     micro = _split_microbatches(batch, 2)
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     grads_sum, stats, losses = None, initial.batch_stats, []
     for i in range(2):
         mb = jax.tree.map(lambda x, i=i: x[i], micro)
-        (loss, (_, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (_, stats)), grads = grad_fn(
             initial.params, stats, mb, jax.random.key(1))
         losses.append(float(loss))
         grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
