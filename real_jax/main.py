@@ -4,7 +4,9 @@
     python -m real_jax.main --config=configs/real.py --workdir=runs/real --mode=evaluate \
         --split=test [--step=N]
 
-Training resumes by itself from the workdir's latest checkpoint.
+Training resumes by itself from the workdir's latest checkpoint. Multi-host runs (SLURM,
+Open MPI, TPU pods, or `--coordinator_address`) are set up by `real_jax.distributed`; see
+`launch/` and the README's scaling section.
 """
 
 import logging as std_logging
@@ -13,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from real_jax import train
+from real_jax import distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:preset]).", lock_config=True)
@@ -34,6 +36,7 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def main(argv: list[str]) -> None:
+    distributed.initialize_from_flags()  # multi-host: before anything touches the devices
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
