@@ -1,8 +1,8 @@
 """Grain input pipeline: prepared ArrayRecord pairs -> per-host numpy batches (README).
 
-    tfds ArrayRecord data source -> grain MapDataset -> [shard per host] -> [shuffle per epoch,
-    repeat] -> decode, same crop for both images, per-image photometric jitter, tokenize, pad
-    -> batch -> [mp_prefetch workers]
+    tfds ArrayRecord data source -> grain MapDataset -> [shuffle per epoch, repeat] -> [this
+    host's rows of each global batch] -> decode, same crop for both images, per-image
+    photometric jitter, tokenize, pad -> batch -> [mp_prefetch workers]
 
 Batch (B = per-host batch size, S = image_size):
     ref, main       uint8[B, S, S]   question_ids  int32[B, Lq] (left-padded with pad_id)
@@ -239,6 +239,37 @@ def _per_host(batch_size: int, shard_index: int, shard_count: int) -> int:
     return batch_size // shard_count
 
 
+class _HostRows(grain.MapDataset):
+    """This host's rows of every global batch: element j of the host is element
+    (j // P) * P * shard_count + shard_index * P + j % P of the global sequence (P = per host).
+
+    Lazy: only this host's elements are ever read, decoded and augmented. An element the
+    transform skips (unreadable image) shortens only this host's batch stream, so exact
+    cross-host-count equivalence holds on data without unreadable images.
+    """
+
+    def __init__(self, parent: grain.MapDataset, per_host: int, shard_index: int,
+                 shard_count: int):
+        super().__init__(parent)
+        self._per_host, self._shard, self._count = per_host, shard_index, shard_count
+        self._length = len(parent) // shard_count
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _global_index(self, index: int) -> int:
+        batch, row = divmod(index, self._per_host)
+        return (batch * self._count + self._shard) * self._per_host + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._global_index(index)]
+
+    def __str__(self) -> str:
+        return f"_HostRows(per_host={self._per_host}, shard={self._shard}/{self._count})"
+
+
 def _mark_flags_parsed() -> None:
     from absl import flags
 
@@ -254,17 +285,19 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
     """Infinite per-host training iterator (checkpointable grain DatasetIterator).
 
-    The split (optionally only `question_types`) is cut into `shard_count` disjoint strided
-    shards of equal length; this host's shard is reshuffled every epoch (seed), and every batch
-    holds global_batch_size // shard_count examples. num_workers > 0 uses grain mp_prefetch.
+    The whole split (optionally only `question_types`) is shuffled every epoch (seed) into one
+    global sequence of examples, each with its own random crop and jitter (seeded by its global
+    position); global batch k is elements [k*G, (k+1)*G) of it, and host `shard_index` yields
+    rows [shard_index*P, (shard_index+1)*P) of every global batch (P = G // shard_count). So the
+    global batch (hosts' batches concatenated in process order, as the data-parallel mesh lays
+    them out) is the same for any number of hosts, and each host decodes only its own rows.
+    num_workers > 0 uses grain mp_prefetch.
     """
     per_host = _per_host(global_batch_size, shard_index, shard_count)
     src = _source(data_dir, split)
     idx = _select(data_dir, split, question_types, len(src))
-    n = len(idx) // shard_count
-    host_idx = idx[shard_index::shard_count][:n]
-    if n < per_host:
-        raise ValueError(f"{split}: {n} examples per host < per-host batch {per_host}")
+    if len(idx) < global_batch_size:
+        raise ValueError(f"{split}: {len(idx)} examples < global batch {global_batch_size}")
     trunc = count_truncations(data_dir, split, tokenizer, question_max_tokens,
                               answer_max_tokens, idx)
     if trunc["question_truncated"] or trunc["answer_truncated"]:
@@ -272,8 +305,9 @@ def make_train_iterator(
                     answer_max_tokens)
     transform = PairTransform(tokenizer, image_size, question_max_tokens, answer_max_tokens,
                               train=True, jitter=jitter, max_bad_images=max_bad_images)
-    ds = grain.MapDataset.source(_Subset(src, host_idx)).shuffle(seed=seed).repeat(None)
-    ds = ds.random_map(transform, seed=seed * 1000 + shard_index)
+    ds = grain.MapDataset.source(_Subset(src, idx)).shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(transform, seed=seed * 1000)
+    ds = _HostRows(ds, per_host, shard_index, shard_count)
     it_ds = ds.to_iter_dataset().batch(per_host, drop_remainder=True)
     if num_workers > 0:
         _mark_flags_parsed()
