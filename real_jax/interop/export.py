@@ -1,0 +1,174 @@
+"""Export a trained ReAl (an Orbax checkpoint in a workdir) as a PyTorch folder.
+
+Layout of OUT (all tensors in safetensors):
+
+    config.json                      model structure, eos id, sizes, the training config, step
+    image_encoder.safetensors        torchvision `resnet50` state_dict (without `fc`), or the
+    residual_encoder.safetensors     same naming for `TorchResNet` (other encoders)
+    image_projector.safetensors      `real_jax.interop.torch_model.TorchProjector` state_dicts
+    residual_projector.safetensors
+    gpt2/                            HF `GPT2LMHeadModel.save_pretrained` + tokenizer
+
+`real_jax.interop.torch_model.TorchReAl.load(OUT)` rebuilds the model in PyTorch. The checkpoint
+is restored without a target (nested dicts of arrays), so the export needs no knowledge of the
+optimizer state; only `params` and `batch_stats` are used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+import torch
+from safetensors.numpy import save_file
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from data_pipeline.tokenizer import EOS_TOKEN, Tokenizer
+from real_jax.interop import torch_weights as tw
+from real_jax.interop.torch_model import CONFIG_FILE, ENCODER_FILES, GPT2_DIR, PROJECTOR_FILES
+from real_jax.models.resnet import make_encoder
+
+EXPORT_FORMAT = "real_jax.torch_export/1"
+
+
+def restore_variables(workdir: str | Path, step: int | None = None
+                      ) -> tuple[dict, dict, dict[str, Any], int]:
+    """Reads `(params, batch_stats, config dict, step)` (numpy leaves) from a workdir.
+
+    `step=None` takes the latest checkpoint in `workdir/checkpoints`.
+    """
+    directory = Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoints directory {directory}")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True), item_names=("state", "config"))
+    try:
+        steps = list(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (has {steps})")
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+    finally:
+        manager.close()
+    state = restored["state"]
+    to_numpy = lambda tree: {k: to_numpy(v) if isinstance(v, Mapping) else np.asarray(v)
+                             for k, v in tree.items()}
+    return (to_numpy(state["params"]), to_numpy(state.get("batch_stats") or {}),
+            dict(restored["config"]), int(step))
+
+
+def _gpt2_config(model_config: Mapping[str, Any], vocab_size: int, eos_id: int) -> GPT2Config:
+    """The same `GPT2Config` as `real_jax.models.gpt2_decoder.make_gpt2_config`."""
+    d = model_config["decoder"]
+    return GPT2Config(vocab_size=vocab_size, n_layer=d["n_layer"], n_embd=d["n_embd"],
+                      n_head=d["n_head"], n_positions=d["n_positions"],
+                      resid_pdrop=d["dropout"], embd_pdrop=d["dropout"], attn_pdrop=d["dropout"],
+                      bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+
+
+def hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """The pipeline's tokenizer as a HF fast tokenizer (EOS = pad = `<|endoftext|>`, left pad)."""
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, eos_token=EOS_TOKEN,
+                                   bos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
+                                   unk_token=EOS_TOKEN, padding_side="left")
+
+
+def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
+                     config: Mapping[str, Any], tokenizer: Tokenizer, out: str | Path,
+                     step: int | None = None) -> Path:
+    """Writes the PyTorch folder (module docstring) from Flax variables.
+
+    Args:
+      params, batch_stats: ReAl's variables (numpy or jax leaves, float32 written).
+      config: the training config as a dict (`config.to_dict()`).
+      tokenizer: the pipeline's tokenizer; its vocabulary must be the decoder's.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = config["model"]
+    vocab_size = int(np.shape(params["decoder"]["wte"]["embedding"])[0])
+    if vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"decoder vocabulary {vocab_size} != tokenizer vocabulary "
+                         f"{tokenizer.vocab_size}: wrong data.dir or pretrained.gpt2_dir?")
+    encoder = make_encoder(model_config["encoder"])
+    for name, file in ENCODER_FILES.items():
+        if name in params:
+            save_file(tw.resnet_to_torch(params[name], batch_stats.get(name, {})),
+                      str(out / file))
+    for name, file in PROJECTOR_FILES.items():
+        if name in params:
+            save_file(tw.projector_to_torch(params[name]), str(out / file))
+
+    decoder = GPT2LMHeadModel(_gpt2_config(model_config, vocab_size, tokenizer.eos_id))
+    state_dict = {k: torch.from_numpy(v) for k, v in tw.gpt2_to_torch(params["decoder"]).items()}
+    missing, unexpected = decoder.load_state_dict(state_dict, strict=False)
+    if unexpected or [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]:
+        raise ValueError(f"GPT-2 export mismatch: missing {missing}, unexpected {unexpected}")
+    decoder.save_pretrained(out / GPT2_DIR, safe_serialization=True)
+    hf_tokenizer(tokenizer).save_pretrained(out / GPT2_DIR)
+
+    summary = {
+        "format": EXPORT_FORMAT,
+        "step": step,
+        "variant": model_config["variant"],
+        "encoder": {"name": model_config["encoder"], "stage_sizes": list(encoder.stage_sizes),
+                    "num_filters": encoder.num_filters, "feature_dim": encoder.feature_dim},
+        "num_queries": model_config["num_queries"],
+        "projector": {"width": model_config["projector_width"],
+                      "depth": model_config["projector_depth"],
+                      "heads": model_config["projector_heads"]},
+        "eos_id": tokenizer.eos_id,
+        "vocab_size": vocab_size,
+        "image_size": config["data"]["image_size"],
+        "question_max_tokens": config["data"]["question_max_tokens"],
+        "max_answer_tokens": config["generation"]["max_answer_tokens"],
+        "training_config": config,
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    return out
+
+
+def export_checkpoint(workdir: str | Path, out: str | Path, step: int | None = None,
+                      data_dir: str | None = None, gpt2_dir: str | None = None) -> Path:
+    """Restores a workdir's checkpoint and exports it (see `export_variables`).
+
+    The tokenizer comes from the training config's `data.dir` / `pretrained.gpt2_dir` unless
+    `data_dir` / `gpt2_dir` override them (e.g. when exporting on another machine).
+    """
+    from data_pipeline.pipeline import load_tokenizer
+
+    params, batch_stats, config, step = restore_variables(workdir, step)
+    gpt2 = gpt2_dir if gpt2_dir is not None else config.get("pretrained", {}).get("gpt2_dir")
+    tokenizer = load_tokenizer(data_dir or config["data"]["dir"], gpt2 or None)
+    return export_variables(params, batch_stats, config, tokenizer, out, step)
+
+
+def import_export(out: str | Path, params: Mapping[str, Any], batch_stats: Mapping[str, Any]
+                  ) -> tuple[dict, dict]:
+    """Reads an exported folder back into Flax `(params, batch_stats)` (numpy), the inverse of
+    `export_variables`. `params` / `batch_stats` give the tree structure and shapes (a model's
+    variables or `jax.eval_shape` of its init); every leaf is replaced."""
+    from safetensors.numpy import load_file
+
+    out = Path(out)
+    params, batch_stats = dict(params), dict(batch_stats)
+    for name, file in ENCODER_FILES.items():
+        if name in params:
+            params[name], batch_stats[name] = tw.resnet_from_torch(
+                load_file(str(out / file)), params[name], batch_stats.get(name, {}),
+                source=str(out / file))
+    for name, file in PROJECTOR_FILES.items():
+        if name in params:
+            params[name] = tw.projector_from_torch(load_file(str(out / file)), params[name],
+                                                   source=str(out / file))
+    weights = tw.gpt2_weights_file(out / GPT2_DIR)
+    params["decoder"] = tw.gpt2_from_torch(tw.read_state_dict(weights), params["decoder"],
+                                           source=str(weights))
+    return params, batch_stats

@@ -1,0 +1,194 @@
+"""Export: a tiny trained-looking ReAl checkpoint -> `python -m real_jax.export` -> PyTorch.
+
+The PyTorch `TorchReAl` must give the JAX model's logits and greedy answers; the exported
+tensors must read back into exactly the JAX parameters; the torch module must not import jax.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from configs.real import get_config
+from data_pipeline.tokenizer import Tokenizer
+from real_jax.checkpointing import Checkpointer
+from real_jax.export import main as export_main
+from real_jax.generation import make_generate_fn, strip_after_eos
+from real_jax.interop import export as ex
+from real_jax.interop.torch_model import (
+    ENCODER_FILES,
+    PROJECTOR_FILES,
+    TorchReAl,
+    sincos_2d_positions,
+)
+from real_jax.models import build_model
+from real_jax.models.projector import sincos_2d_positions as jax_sincos
+from real_jax.optim import make_optimizer
+from real_jax.train_step import TrainState, model_args
+from tests.interop.helpers import random_like
+
+QUESTIONS = ["what has changed compared to the reference image?",
+             "is there any change in the lung opacity?",
+             "what has changed in the left lung?"]
+ANSWERS = ["the main image has an additional finding of pneumothorax than the reference image.",
+           "the main image is missing the findings of fracture, lung opacity, and pleural "
+           "effusion than the reference image.", "nothing has changed."]
+
+
+def _left_pad(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = np.full((len(rows), length), pad, np.int32), np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        ids[i, length - len(row):], mask[i, length - len(row):] = row, 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A workdir with one checkpoint of random tiny-ReAl weights, exported through the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    config = get_config("tiny")
+    config.data.dir = str(root / "data")
+    tokenizer = Tokenizer.train(QUESTIONS + ANSWERS, vocab_size=300)
+    tokenizer.save(root / "data" / "tokenizer")
+    (root / "data" / "prepare.json").write_text("{}")  # what load_tokenizer checks for
+    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id)
+
+    size, lq, la = config.data.image_size, config.data.question_max_tokens, 8
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (3, size, size), dtype=np.uint8)
+    main = np.clip(ref.astype(int) + rng.integers(-60, 60, ref.shape), 0, 255).astype(np.uint8)
+    q_ids, q_mask = _left_pad(tokenizer.encode_batch(QUESTIONS), lq, tokenizer.pad_id)
+    answers = [a[: la - 1] + [tokenizer.eos_id] for a in tokenizer.encode_batch(ANSWERS)]
+    a_ids = np.full((3, la), tokenizer.pad_id, np.int32)
+    a_mask = np.zeros((3, la), np.int32)
+    for i, a in enumerate(answers):
+        a_ids[i, : len(a)], a_mask[i, : len(a)] = a, 1
+    batch = {"ref": ref, "main": main, "question_ids": q_ids, "question_mask": q_mask,
+             "answer_ids": a_ids, "answer_mask": a_mask}
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *model_args(batch),
+                                               train=False))
+    params, batch_stats = random_like(shapes["params"], 1), random_like(shapes["batch_stats"], 2)
+    tx, _ = make_optimizer(config.optim, 10)
+    opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
+    state = TrainState(step=np.int32(7), params=params, batch_stats=batch_stats,
+                       opt_state=opt_state)
+    workdir = root / "workdir"
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=2, best_metric=None)
+    checkpointer.save(7, state, None, config)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+    out = root / "torch_out"
+    export_main(["--workdir", str(workdir), "--out", str(out)])
+    return {"model": model, "config": config, "tokenizer": tokenizer, "batch": batch,
+            "variables": {"params": params, "batch_stats": batch_stats}, "out": out,
+            "torch": TorchReAl.load(out)}
+
+
+def test_export_layout(exported):
+    out = exported["out"]
+    summary = json.loads((out / "config.json").read_text())
+    assert summary["step"] == 7 and summary["variant"] == "real"
+    assert summary["encoder"] == {"name": "resnet_tiny", "stage_sizes": [1, 1, 1, 1],
+                                  "num_filters": 8, "feature_dim": 256}
+    for file in [*ENCODER_FILES.values(), *PROJECTOR_FILES.values(), "gpt2/model.safetensors",
+                 "gpt2/tokenizer.json", "gpt2/config.json"]:
+        assert (out / file).is_file(), file
+    # The exported tokenizer is the pipeline's.
+    tokenizer, torch_model = exported["tokenizer"], exported["torch"]
+    ids, mask = torch_model.encode_questions(QUESTIONS)
+    np.testing.assert_array_equal(ids.numpy(), exported["batch"]["question_ids"])
+    np.testing.assert_array_equal(mask.numpy(), exported["batch"]["question_mask"])
+    assert torch_model.tokenizer.decode(tokenizer.encode(ANSWERS[1])) == ANSWERS[1]
+
+
+def test_torch_model_reproduces_jax(exported):
+    model, variables, batch = exported["model"], exported["variables"], exported["batch"]
+    torch_model = exported["torch"]
+    logits, features = jax.jit(lambda v, *a: model.apply(v, *a, train=False))(
+        variables, *model_args(batch))
+    ref_logits = torch_model(*model_args(batch)).numpy()
+    valid = batch["answer_mask"].astype(bool)
+    diff = np.abs(np.asarray(logits) - ref_logits)[valid].max()
+    print(f"\nexported ReAl, JAX vs PyTorch: max abs answer-logit diff {diff:.2e} "
+          f"(logit std {ref_logits.std():.2f})")
+    assert diff < 1e-4 and ref_logits.std() > 0.1
+    with torch.no_grad():
+        _, torch_features = torch_model.encode(batch["ref"], batch["main"])
+    for name in ("ref", "main", "residual"):
+        np.testing.assert_allclose(torch_features[name].permute(0, 2, 3, 1).numpy(),
+                                   np.asarray(features[name]), atol=1e-4, err_msg=name)
+
+    max_new = exported["config"].generation.max_answer_tokens
+    eos = exported["tokenizer"].eos_id
+    generate = make_generate_fn(model, method="greedy", max_new_tokens=max_new, eos_id=eos)
+    jax_tokens = np.asarray(generate(variables, {k: jnp.asarray(v) for k, v in batch.items()}))
+    torch_tokens = torch_model.generate(batch["ref"], batch["main"], batch["question_ids"],
+                                        batch["question_mask"], max_new).numpy()
+    print("greedy tokens (JAX):", jax_tokens.tolist())
+    assert (jax_tokens != eos).any(), "random weights answered with EOS only: test is vacuous"
+    np.testing.assert_array_equal(torch_tokens, jax_tokens)
+    texts = torch_model.answer(batch["ref"], batch["main"], QUESTIONS)
+    tokenizer = exported["tokenizer"]
+    assert texts == [tokenizer.decode(row) for row in strip_after_eos(jax_tokens, eos)]
+
+
+def test_round_trip_jax_torch_jax_torch(exported, tmp_path):
+    variables, out = exported["variables"], exported["out"]
+    params, batch_stats = ex.import_export(out, variables["params"], variables["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, params, variables["params"])
+    jax.tree.map(np.testing.assert_array_equal, batch_stats, variables["batch_stats"])
+    # ... and back to PyTorch: identical tensors.
+    config = exported["config"].to_dict()
+    again = ex.export_variables(params, batch_stats, config, exported["tokenizer"], tmp_path)
+    for file in [*ENCODER_FILES.values(), *PROJECTOR_FILES.values(), "gpt2/model.safetensors"]:
+        first, second = load_file(str(out / file)), load_file(str(again / file))
+        assert first.keys() == second.keys()
+        assert all(np.array_equal(first[k], second[k]) for k in first), file
+
+
+# Runs in a fresh interpreter where jax and flax cannot be imported at all, as on a PyTorch-only
+# deployment host. transformers imports jax by itself whenever flax is installed (its
+# image_transforms module), so the process also sets USE_FLAX=0, as such a host would not need.
+NO_JAX_SCRIPT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib", "flax"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+import numpy as np
+from real_jax.interop.torch_model import TorchReAl
+data = np.load(sys.argv[2])
+model = TorchReAl.load(sys.argv[1])
+tokens = model.generate(data["ref"], data["main"], data["question_ids"], data["question_mask"],
+                        int(data["tokens"].shape[1])).numpy()
+np.testing.assert_array_equal(tokens, data["tokens"])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax"))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_torch_model_runs_without_jax(exported, tmp_path):
+    batch, torch_model = exported["batch"], exported["torch"]
+    tokens = torch_model.generate(batch["ref"], batch["main"], batch["question_ids"],
+                                  batch["question_mask"]).numpy()
+    np.savez(tmp_path / "data.npz", tokens=tokens, **batch)
+    result = subprocess.run([sys.executable, "-c", NO_JAX_SCRIPT, str(exported["out"]),
+                             str(tmp_path / "data.npz")], capture_output=True, text=True,
+                            timeout=180, env={**os.environ, "USE_FLAX": "0"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_positions_match_jax():
+    np.testing.assert_array_equal(sincos_2d_positions(3, 5, 32), jax_sincos(3, 5, 32))
