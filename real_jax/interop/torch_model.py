@@ -11,6 +11,10 @@ projectors (pre-LN, LayerNorm eps 1e-6 as in Flax, tanh-GELU as Flax's `nn.gelu`
     answers = model.answer(ref, main, ["what has changed compared to the reference image?"])
 
 `ref`, `main`: `uint8[B, S, S]` tensors or arrays (S a multiple of 32).
+
+Nothing here imports jax. transformers itself does, whenever flax is installed (its
+`image_transforms` module); on a PyTorch-only host that cannot happen, and in the JAX training
+environment `USE_FLAX=0` keeps transformers from loading it (tests/interop checks both).
 """
 
 from __future__ import annotations
@@ -226,22 +230,19 @@ class TorchReAl(nn.Module):
                 getattr(model, name).load_state_dict(load_file(str(directory / file)))
         return model.eval()
 
-    def _encode_images(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return resnet_features(encoder, x)
-
     def encode(self, ref: Any, main: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`uint8[B, S, S]` x2 -> prefix `float[B, P, D]` and features `{name: [B, C, h, w]}`."""
         ref, main = _as_tensor(ref, torch.float32) / 255.0, _as_tensor(main, torch.float32) / 255.0
         gray3 = lambda x: x[:, None].expand(-1, 3, -1, -1)
         pair = (gray3(torch.cat([ref, main])) - self.mean) / self.std
-        image_features = self._encode_images(self.image_encoder, pair)
+        image_features = resnet_features(self.image_encoder, pair)
         tokens = self.image_projector(image_features)
         batch = ref.shape[0]
         features = {"ref": image_features[:batch], "main": image_features[batch:]}
         groups = [tokens[:batch], tokens[batch:]]
         if self.has_residual_branch:
             residual = gray3(main - ref) / self.std
-            features["residual"] = self._encode_images(self.residual_encoder, residual)
+            features["residual"] = resnet_features(self.residual_encoder, residual)
             groups.insert(0, self.residual_projector(features["residual"]))
         return torch.cat(groups, dim=1), features
 

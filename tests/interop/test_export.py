@@ -141,6 +141,26 @@ def test_torch_model_reproduces_jax(exported):
     tokenizer = exported["tokenizer"]
     assert texts == [tokenizer.decode(row) for row in strip_after_eos(jax_tokens, eos)]
 
+    # Answers that end early: make EOS outscore the third answer's fourth token (tied head).
+    wte = variables["params"]["decoder"]["wte"]["embedding"].copy()
+    wte[eos] = 1.05 * wte[jax_tokens[2, 3]]
+    params = {**variables["params"], "decoder": {**variables["params"]["decoder"],
+                                                 "wte": {"embedding": wte}}}
+    jax_tokens = np.asarray(generate({**variables, "params": params},
+                                     {k: jnp.asarray(v) for k, v in batch.items()}))
+    with torch.no_grad():
+        original = torch_model.decoder.transformer.wte.weight[eos].clone()
+        torch_model.decoder.transformer.wte.weight[eos] = torch.from_numpy(wte[eos])
+        try:
+            torch_tokens = torch_model.generate(batch["ref"], batch["main"],
+                                                batch["question_ids"], batch["question_mask"],
+                                                max_new).numpy()
+        finally:
+            torch_model.decoder.transformer.wte.weight[eos] = original
+    print("greedy tokens with early EOS (JAX):", jax_tokens.tolist())
+    assert any(row[0] != eos and eos in row for row in jax_tokens.tolist())
+    np.testing.assert_array_equal(torch_tokens, jax_tokens)
+
 
 def test_round_trip_jax_torch_jax_torch(exported, tmp_path):
     variables, out = exported["variables"], exported["out"]
