@@ -10,8 +10,9 @@ Layout of OUT (all tensors in safetensors):
     gpt2/                            HF `GPT2LMHeadModel.save_pretrained` + tokenizer
 
 `real_jax.interop.torch_model.TorchReAl.load(OUT)` rebuilds the model in PyTorch. The checkpoint
-is restored without a target (nested dicts of arrays), so the export needs no knowledge of the
-optimizer state; only `params` and `batch_stats` are used.
+is restored without a target as host numpy arrays (nested dicts), so the export needs neither the
+optimizer's structure nor the training run's device topology; only `params` and `batch_stats`
+are used.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import torch
@@ -53,8 +55,16 @@ def restore_variables(workdir: str | Path, step: int | None = None
         step = steps[-1] if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (has {steps})")
+        # Every leaf comes back as a host numpy array: no target, no shardings, so a checkpoint
+        # written on any device topology restores here.
+        metadata = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
+        tree = getattr(metadata, "item_metadata", metadata)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                    getattr(tree, "tree", tree),
+                                    is_leaf=lambda x: not isinstance(x, (dict, list, tuple)))
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+            state=ocp.args.PyTreeRestore(restore_args=restore_args),
+            config=ocp.args.JsonRestore()))
     finally:
         manager.close()
     state = restored["state"]
