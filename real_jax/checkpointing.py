@@ -1,10 +1,18 @@
 """Checkpoints: an Orbax `CheckpointManager` holding the train state, the grain iterator state and
 the config, saved asynchronously; it keeps the last N steps plus the best one by a metric.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no checkpoint that `latest_step()` would pick. Every process calls `save`/`restore`
-(the arrays are global); Orbax has only process 0 write the shared files, and grain writes one
-iterator state per process.
+Orbax writes each step into a temporary directory (`N.orbax-checkpoint-tmp-*`) and renames it
+when complete, so a run killed mid-save (even `kill -9`) leaves no checkpoint that
+`latest_step()` would pick; the leftover temporary directory is deleted when the next run opens
+the directory. Every process calls `save`/`restore` (the arrays are global); Orbax has only
+process 0 write the shared files, and grain writes one iterator state per process.
+
+A complete checkpoint that cannot be read back (files truncated or garbled after the fact, or
+written by an incompatible version) raises `CheckpointRestoreError` naming the step, its
+directory, and the earlier complete steps. We do not fall back to an earlier step by ourselves:
+damage after the atomic rename means the storage or a person changed the files, and silently
+training on from an older step would hide that and, with `keep` checkpoints, soon delete the
+evidence. Deleting (or moving away) the named directory resumes from the previous step.
 """
 
 from pathlib import Path
@@ -17,6 +25,10 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 STATE, DATA_ITERATOR, CONFIG = "state", "data_iterator", "config"
+
+
+class CheckpointRestoreError(RuntimeError):
+    """A complete checkpoint that cannot be restored (damaged, or an incompatible layout)."""
 
 
 def metric_value(metrics: dict[str, Any], path: str) -> float:
@@ -37,12 +49,14 @@ class Checkpointer:
             policies.append(pp.BestN(get_metric_fn=lambda m: metric_value(m, best_metric), n=1,
                                      keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
+        self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=pp.AnyPreservationPolicy(policies),
                 enable_async_checkpointing=async_save,
                 create=True,
+                cleanup_tmp_directories=True,  # partial saves of a killed run
             ),
             item_names=(STATE, DATA_ITERATOR, CONFIG),
         )
@@ -74,8 +88,24 @@ class Checkpointer:
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items[DATA_ITERATOR] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 -- whatever Orbax/tensorstore/grain raise
+            raise self._restore_error(step, e) from e
         return restored[STATE]
+
+    def _restore_error(self, step: int, error: Exception) -> CheckpointRestoreError:
+        path = self.directory / str(step)
+        earlier = [s for s in self.all_steps() if s < step]
+        if earlier:
+            fix = (f"delete or move away {path} to resume from step {max(earlier)} (complete "
+                   f"checkpoints: {sorted(earlier)})")
+        else:
+            fix = f"delete or move away {path} to start from scratch (no earlier checkpoint)"
+        return CheckpointRestoreError(
+            f"checkpoint step {step} at {path} cannot be restored "
+            f"({type(error).__name__}: {str(error)[:500]}). Its files are damaged, or it was "
+            f"written by a different model/config. To continue, {fix}.")
 
     def restore_config(self, step: int) -> dict[str, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
