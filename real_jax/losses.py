@@ -11,14 +11,23 @@ fields:
   `"spatial"` compares the maps position by position and averages the positions.
 - `aggregate`: `"sum"` is the squared L2 norm over channels (the equation literally); `"mean"`
   divides it by the channel count, which keeps `L_con` on the scale of `L_gen` with lambda = 1.
+- `image_target`: `"detached"` treats the image-feature difference as the target that the
+  residual feature is aligned to (no `L_con` gradient into the shared image encoder);
+  `"trainable"` lets `L_con` train all three encoders, as the bare equation does. With
+  `"trainable"`, the easiest way to lower `L_con` is to make every feature constant (then
+  `f_ref - f_main = 0 = f_res`), and on the synthetic demo that collapse happens within ~200 steps,
+  before the decoder has learnt to read the images: the images then carry no information at all
+  (README, "Results"). `"detached"` removes that shortcut.
 """
 
+import jax
 import jax.numpy as jnp
 import optax
 
 CONSISTENCY_SIGNS = ("paper", "main_minus_ref")
 CONSISTENCY_SPATIAL = ("pooled", "spatial")
 CONSISTENCY_AGGREGATES = ("mean", "sum")
+CONSISTENCY_IMAGE_TARGETS = ("detached", "trainable")
 
 
 def generation_loss(
@@ -54,8 +63,14 @@ def consistency_loss(
     sign: str = "paper",
     spatial: str = "pooled",
     aggregate: str = "mean",
+    image_target: str = "trainable",
 ) -> jnp.ndarray:
     """Residual feature alignment loss; features are `float32[B, h, w, C]`. Returns a scalar."""
+    if image_target == "detached":
+        f_ref, f_main = jax.lax.stop_gradient(f_ref), jax.lax.stop_gradient(f_main)
+    elif image_target != "trainable":
+        raise ValueError(f"consistency image_target {image_target!r} not in "
+                         f"{CONSISTENCY_IMAGE_TARGETS}")
     if sign == "paper":
         difference = f_ref - f_main - f_residual
     elif sign == "main_minus_ref":

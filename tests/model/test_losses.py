@@ -2,6 +2,7 @@
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,3 +86,17 @@ def test_consistency_loss_rejects_unknown_options():
         consistency_loss(f, f, f, spatial="max")
     with pytest.raises(ValueError, match="aggregate"):
         consistency_loss(f, f, f, aggregate="median")
+
+
+def test_detached_image_target_trains_only_the_residual_feature():
+    rng = np.random.default_rng(5)
+    f_ref, f_main, f_res = (jnp.asarray(rng.normal(size=(2, 2, 2, 4)), jnp.float32)
+                            for _ in range(3))
+    grads = jax.grad(lambda a, b, c: consistency_loss(a, b, c, image_target="detached"),
+                     argnums=(0, 1, 2))(f_ref, f_main, f_res)
+    assert float(jnp.abs(grads[0]).max()) == 0.0 and float(jnp.abs(grads[1]).max()) == 0.0
+    assert float(jnp.abs(grads[2]).max()) > 0.0
+    trainable = jax.grad(lambda a: consistency_loss(a, f_main, f_res, image_target="trainable"))
+    assert float(jnp.abs(trainable(f_ref)).max()) > 0.0
+    with pytest.raises(ValueError, match="image_target"):
+        consistency_loss(f_ref, f_main, f_res, image_target="frozen")
