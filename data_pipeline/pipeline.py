@@ -14,7 +14,8 @@ Training iterators are infinite, reshuffled every epoch, deterministic for a see
 checkpointable (`get_state`/`set_state`, or Orbax `grain.checkpoint.CheckpointSave/Restore`).
 Evaluation iterators go once over the split in order and pad the last batch with valid=False.
 Truncated questions/answers are counted up front for the whole split (logged) and per element
-(`stats()`); unreadable images are counted, logged with their ids and skipped up to a budget.
+(`stats()`); unreadable records and images are counted, logged with their ids and skipped up to
+a budget (`max_bad_images`, config `data.max_bad_images`, per process), past which training stops.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from data_pipeline.vocab import QUESTION_TYPE_INDEX, QUESTION_TYPES
 log = logging.getLogger(__name__)
 _STATS: collections.Counter = collections.Counter()  # per process (each grain worker has its own)
 PIPELINE_MAX_PIXELS = 16_000_000
+UNREADABLE = "unreadable"  # key of the stand-in for a record that cannot be read
 
 
 def stats() -> dict[str, int]:
@@ -109,7 +111,10 @@ class _Subset:
         j = int(self.indices[i])
         if j < 0:
             return {"index": -1}
-        return {**self.source[j], "index": j}
+        try:
+            return {**self.source[j], "index": j}
+        except Exception as e:  # noqa: BLE001 -- a damaged record: PairTransform counts it
+            return {"index": j, UNREADABLE: f"unreadable record: {type(e).__name__}: {e}"}
 
 
 def _select(data_dir, split, question_types, n_source: int) -> np.ndarray:
@@ -158,6 +163,8 @@ class PairTransform(grain.transforms.RandomMap):
     def random_map(self, record: dict, rng: np.random.Generator) -> dict | None:
         if record["index"] < 0:
             return self._empty(-1)
+        if UNREADABLE in record:
+            return self._bad(record, record[UNREADABLE])
         try:
             ref = decode_gray(record["ref_image"], PIPELINE_MAX_PIXELS)
             main = decode_gray(record["main_image"], PIPELINE_MAX_PIXELS)
@@ -205,16 +212,21 @@ class PairTransform(grain.transforms.RandomMap):
             log.warning("%s of record %d (study %s) has %d tokens: truncated", what,
                         record["index"], record.get("study_id"), n)
 
-    def _bad(self, record: dict, err: Exception) -> dict | None:
+    def _bad(self, record: dict, err: Exception | str) -> dict | None:
         _STATS["bad_image"] += 1
-        rid = f"record {record['index']} (study {record['study_id']}, ref {record['ref_id']})"
+        rid = (f"record {record['index']} (study {record.get('study_id', '?')}, "
+               f"ref {record.get('ref_id', '?')})")
         self.bad_ids.append(rid)
         log.warning("unreadable image in %s: %s; skipped", rid, err)
         if not self.train:
             return self._empty(int(record["index"]))
         if len(self.bad_ids) > self.max_bad:
-            raise RuntimeError(f"{len(self.bad_ids)} unreadable images exceed max_bad_images="
-                               f"{self.max_bad}: {', '.join(self.bad_ids[:20])} ...")
+            raise RuntimeError(
+                f"{len(self.bad_ids)} unreadable records/images exceed the budget "
+                f"data.max_bad_images={self.max_bad} (per process): "
+                f"{', '.join(self.bad_ids[:20])}{' ...' if len(self.bad_ids) > 20 else ''}; "
+                "re-prepare the dataset (python -m data_pipeline.prepare --force) or raise "
+                "data.max_bad_images")
         return None
 
     def _empty(self, index: int) -> dict:

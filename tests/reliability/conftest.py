@@ -1,0 +1,68 @@
+"""Fixtures: one prepared synthetic dataset for the tiny preset, and helpers that damage a copy
+of it the way real storage does (an image payload that no longer decodes, bytes flipped inside an
+ArrayRecord file)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from data_pipeline import prepare, synthetic
+
+SUBJECTS, SOURCE_IMAGE_SIZE = 16, 80
+TINY_IMAGE_SIZE = 64  # configs/real.py:tiny data.image_size
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """Synthetic data prepared exactly as `real_jax.train.ensure_dataset` does for `tiny`."""
+    root = tmp_path_factory.mktemp("reliability_data")
+    raw, out = root / "raw", root / "prepared"
+    synthetic.generate(raw, subjects=SUBJECTS, seed=0, image_size=SOURCE_IMAGE_SIZE, workers=1)
+    prepare.main([
+        "--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
+        "--metadata", str(raw / synthetic.METADATA_CSV), "--out", str(out),
+        "--resize_shorter", str(TINY_IMAGE_SIZE + TINY_IMAGE_SIZE // 16),
+        "--question_types", "difference", "--workers", "1",
+    ])
+    return out
+
+
+def copy_dataset(prepared: Path, destination: Path) -> Path:
+    """A copy of a prepared directory, its manifest pointing at the copied builder files."""
+    shutil.copytree(prepared, destination)
+    manifest_path = destination / "prepare.json"
+    manifest = json.loads(manifest_path.read_text())
+    old = Path(manifest["builder_dir"])
+    manifest["builder_dir"] = str(destination / old.relative_to(prepared))
+    manifest_path.write_text(json.dumps(manifest))
+    return destination
+
+
+def array_record_files(data_dir: Path, split: str) -> list[Path]:
+    builder_dir = Path(json.loads((data_dir / "prepare.json").read_text())["builder_dir"])
+    return sorted(builder_dir.glob(f"*-{split}.array_record-*"))
+
+
+def replace_image(data_dir: Path, split: str, index: int, field: str, data: bytes) -> None:
+    """Rewrites record `index` of `split` with `field` set to `data` (e.g. garbage bytes): the
+    record stays readable, its image does not decode, as after bit rot inside a JPEG. The file
+    is rewritten with the options TFDS wrote it with."""
+    import tensorflow_datasets as tfds
+    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+    builder_dir = json.loads((data_dir / "prepare.json").read_text())["builder_dir"]
+    features = tfds.builder_from_directory(builder_dir).info.features
+    (path,) = array_record_files(data_dir, split)
+    reader = ArrayRecordReader(str(path))
+    options = reader.writer_options_string()
+    records = reader.read_all()
+    reader.close()
+    example = features.deserialize_example_np(records[index])
+    example[field] = data
+    records[index] = features.serialize_example(example)
+    writer = ArrayRecordWriter(str(path), options)
+    for record in records:
+        writer.write(record)
+    writer.close()
