@@ -14,6 +14,7 @@ Presets are chosen after a colon:
     configs/real.py:real              ablation row 3: + residual feature alignment (= paper)
     configs/real.py:synthetic         the demo: small model on the synthetic dataset, CPU, ~15 min
     configs/real.py:tiny              tiny model for tests
+    configs/real.py:bench             the synthetic model at 128 px, batch 16 (real_jax.bench)
 
 Any field can be overridden on the command line, e.g. `--config.model.variant=baseline`.
 Hyper-parameters the paper does not give are ours (the dataset authors used Adam 1e-4, batch 64,
@@ -22,7 +23,7 @@ about 20 epochs) and are marked "ours" below.
 
 import ml_collections
 
-PRESETS = ("paper", "baseline", "residual_input", "real", "synthetic", "tiny")
+PRESETS = ("paper", "baseline", "residual_input", "real", "synthetic", "tiny", "bench")
 
 
 def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
@@ -37,6 +38,9 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
     elif preset == "tiny":
         apply_synthetic(config)
         apply_tiny(config)
+    elif preset == "bench":
+        apply_synthetic(config)
+        apply_bench(config)
     config.preset = preset
     return config
 
@@ -179,3 +183,9 @@ def apply_tiny(config: ml_collections.ConfigDict) -> None:
     config.train.eval_every_steps = 4
     config.train.checkpoint_every_steps = 2
     config.optim.warmup_steps = 2
+
+
+def apply_bench(config: ml_collections.ConfigDict) -> None:
+    """`python -m real_jax.bench` on a CPU: the synthetic demo's model at 128 px, batch 16."""
+    config.data.image_size = 128
+    config.train.global_batch_size = 16
