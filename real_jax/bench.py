@@ -285,7 +285,10 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
         loss = ((nll * answer_mask).sum(1) / answer_mask.sum(1).clamp(min=1)).mean()
         if use_consistency:
             sign = 1.0 if loss_config.consistency_sign == "paper" else -1.0
-            difference = sign * (features["ref"] - features["main"]) - features["residual"]
+            images = features["ref"] - features["main"]
+            if loss_config.get("consistency_image_target", "trainable") == "detached":
+                images = images.detach()
+            difference = sign * images - features["residual"]
             difference = difference.mean(dim=(2, 3))  # pooled, [B, C]
             loss = loss + loss_config.consistency_weight * difference.square().mean(-1).mean()
         opt.zero_grad(set_to_none=True)
