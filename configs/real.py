@@ -72,6 +72,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.loss.consistency_sign = "paper"  # paper | main_minus_ref
     config.loss.consistency_spatial = "pooled"  # pooled | spatial
     config.loss.consistency_aggregate = "mean"  # mean | sum
+    config.loss.consistency_image_target = "detached"  # detached | trainable (see losses.py)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-4
@@ -93,6 +94,8 @@ def paper_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     config.train.best_metric = "difference/CIDEr"
     config.train.nonfinite_policy = "stop"  # stop | skip
+    config.train.stop_after_steps = -1  # > 0: end this job at step K with a checkpoint (resumable)
+    config.train.stop_check_every_steps = 10  # multi-host: agree on SIGTERM/SIGINT this often
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.fsdp = False  # shard parameters and optimizer state over the data devices
@@ -108,6 +111,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 8
     config.data.jitter = True
     config.data.eval_limit = -1  # > 0: evaluate on the first N examples only
+    config.data.max_bad_images = 100  # unreadable training records/images skipped (per process)
     # When set, `data.dir` is prepared from a synthetic dataset generated into this directory if
     # either is absent (the demo); empty for real data, which `data_pipeline.prepare` prepares.
     config.data.synthetic_source = ""

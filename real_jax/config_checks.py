@@ -9,7 +9,12 @@ from pathlib import Path
 import ml_collections
 
 from real_jax.generation import GENERATION_METHODS
-from real_jax.losses import CONSISTENCY_AGGREGATES, CONSISTENCY_SIGNS, CONSISTENCY_SPATIAL
+from real_jax.losses import (
+    CONSISTENCY_AGGREGATES,
+    CONSISTENCY_IMAGE_TARGETS,
+    CONSISTENCY_SIGNS,
+    CONSISTENCY_SPATIAL,
+)
 from real_jax.models import DTYPES
 from real_jax.models.real import VARIANTS, prefix_length
 from real_jax.models.resnet import ENCODERS
@@ -64,6 +69,9 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                  "keep_checkpoints"):
         check(train[name] >= 1, f"train.{name}={train[name]} must be >= 1")
+    check(train.stop_check_every_steps >= 1,
+          f"train.stop_check_every_steps={train.stop_check_every_steps} must be >= 1")
+    check(data.max_bad_images >= 0, f"data.max_bad_images={data.max_bad_images} must be >= 0")
     check(train.nonfinite_policy in NONFINITE_POLICIES,
           f"train.nonfinite_policy={train.nonfinite_policy!r} not in {NONFINITE_POLICIES}")
     loss = config.loss
@@ -74,6 +82,9 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(loss.consistency_aggregate in CONSISTENCY_AGGREGATES,
           f"loss.consistency_aggregate={loss.consistency_aggregate!r} not in "
           f"{CONSISTENCY_AGGREGATES}")
+    check(loss.consistency_image_target in CONSISTENCY_IMAGE_TARGETS,
+          f"loss.consistency_image_target={loss.consistency_image_target!r} not in "
+          f"{CONSISTENCY_IMAGE_TARGETS}")
     check(gen.method in GENERATION_METHODS,
           f"generation.method={gen.method!r} not in {GENERATION_METHODS}")
     check(gen.beam_size >= 1, f"generation.beam_size={gen.beam_size} must be >= 1")

@@ -3,11 +3,22 @@
 Builds the model, mesh, optimizer and sharded state; resumes from the workdir's latest complete
 checkpoint (state and data iterator); runs the jitted step with periodic logging, evaluation and
 asynchronous checkpoints. Non-finite losses stop the run (or, with
-`train.nonfinite_policy="skip"`, the step is dropped and counted). Only process 0 writes logs
-and evaluation files; checkpoints are written collectively through Orbax.
+`train.nonfinite_policy="skip"`, the step is dropped and counted in the state). Only process 0
+writes logs and evaluation files; checkpoints are written collectively through Orbax.
+
+Stopping early, on purpose or not (README, "Reliability"):
+- SIGTERM / SIGINT (preemption, `scancel`, Ctrl-C) set a flag; the loop sees it after the step in
+  flight, saves a checkpoint at that step, waits for it to be written and returns (exit 0). On
+  several processes the flag is agreed (any process signalled -> all stop at the same step) every
+  `train.stop_check_every_steps` steps, so the collective save happens on every process.
+- `train.stop_after_steps=K` ends this job at step K with a checkpoint; the schedule still spans
+  `num_train_steps`, so the next job continues exactly where this one stopped.
+- A second SIGINT while stopping aborts at once (KeyboardInterrupt).
 """
 
 import dataclasses
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +48,50 @@ from real_jax.train_step import (
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or infinite."""
+
+
+class StopRequest:
+    """SIGTERM/SIGINT -> a flag the training loop polls; the previous handlers come back on exit.
+
+    Handlers can only be installed from the main thread; elsewhere (a test calling
+    `train_and_evaluate` from a worker thread) the signals keep their default behaviour.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the checkpoint
+        self.signum = signum
+        logging.warning("received %s: will save a checkpoint after the current step and stop",
+                        signal.Signals(signum).name)
+
+    def agreed(self, step: int, every: int) -> bool:
+        """Whether to stop now. Single process: the local flag. Several: every process calls
+        this at each step, and at steps divisible by `every` they all learn whether any of them
+        was signalled (an all-gather; between those steps the answer is False everywhere)."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if step % every:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.signum is not None))
+        return bool(np.any(flags))
 
 
 @dataclasses.dataclass
@@ -119,13 +174,22 @@ def _host_metrics(step: int, metrics: dict[str, Any], policy: str,
             f"{checkpointer.latest_step()} (untouched). Lower optim.learning_rate, check the "
             "data, or set train.nonfinite_policy=skip to drop such steps.")
     if host["skipped"]:
-        logging.warning("step %d: non-finite loss or gradients, update skipped: %s", step, host)
+        logging.warning("step %d: non-finite loss or gradients, update skipped (%d skipped so "
+                        "far): %s", step, host["skipped_total"], host)
     return host
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Trains (resuming from `workdir` if it holds checkpoints); returns the last eval metrics."""
-    workdir = Path(workdir)
+    """Trains (resuming from `workdir` if it holds checkpoints); returns the last eval metrics.
+
+    Returns early, with a checkpoint at the step reached, on SIGTERM/SIGINT or at
+    `train.stop_after_steps` (module docstring).
+    """
+    with StopRequest() as stop:
+        return _train(config, Path(workdir), stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) -> dict[str, Any]:
     exp = build_experiment(config)
     train = config.train
     rng = jax.random.key(config.seed)
@@ -139,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         answer_max_tokens=data.answer_max_tokens, tokenizer=exp.tokenizer, seed=config.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count(),
         num_workers=data.num_workers, question_types=list(data.question_types) or None,
-        jitter=data.jitter)
+        jitter=data.jitter, max_bad_images=data.max_bad_images)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints,
                                 best_metric=train.best_metric)
     latest = checkpointer.latest_step()
@@ -159,13 +223,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     evaluator = Evaluator(exp.model, config, exp.tokenizer, exp.mesh, data.eval_split)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     step = int(state.step)
+    end = exp.total_steps
+    if 0 < train.stop_after_steps < end:
+        end = train.stop_after_steps
     progress = Progress(exp.total_steps, step)
-    logging.info("training steps %d..%d on %d devices (%d processes), global batch %d",
-                 step, exp.total_steps, jax.device_count(), jax.process_count(),
+    logging.info("training steps %d..%d of %d on %d devices (%d processes), global batch %d",
+                 step, max(step, end), exp.total_steps, jax.device_count(), jax.process_count(),
                  train.global_batch_size)
     eval_metrics: dict[str, Any] = {}
     pending = None  # the previous step's metrics, checked after the next step is dispatched
-    while step < exp.total_steps:
+    while step < end:
         batch = shd.make_global_batch(next(train_iter), exp.mesh, MODEL_INPUT_KEYS)
         state, metrics = train_step(state, batch, train_rng)
         if pending is not None:
@@ -173,8 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         step += 1
         pending = (step, metrics)
         last = step == exp.total_steps
+        stopping = stop.agreed(step, train.stop_check_every_steps) or step == end
         do_eval = step % train.eval_every_steps == 0 or last
-        do_save = step % train.checkpoint_every_steps == 0 or do_eval
+        do_save = step % train.checkpoint_every_steps == 0 or do_eval or stopping
         if step % train.log_every_steps == 0 or do_save:
             host = _host_metrics(*pending, train.nonfinite_policy, checkpointer)
             pending = None
@@ -187,9 +255,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             writer.write(step, eval_metrics, "eval/")
         if do_save:
             checkpointer.save(step, state, train_iter, config, eval_metrics if do_eval else None)
+        if stopping and not last:
+            break
     checkpointer.wait_until_finished()
     checkpointer.close()
     writer.close()
+    if step < exp.total_steps:
+        reason = (f"received {signal.Signals(stop.signum).name}" if stop.signum is not None
+                  else f"train.stop_after_steps={train.stop_after_steps}")
+        logging.warning("%s: stopped at step %d of %d with a complete checkpoint in %s; run the "
+                        "same command again to continue", reason, step, exp.total_steps,
+                        workdir / "checkpoints")
     return eval_metrics
 
 

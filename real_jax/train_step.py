@@ -30,6 +30,9 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+    # Steps whose update was dropped for a non-finite loss or gradient (train.nonfinite_policy
+    # = skip); part of the checkpoint, so the count survives a resume.
+    skipped_steps: Any = 0
 
 
 def example_batch(
@@ -64,6 +67,7 @@ def _init_fn(model: ReAl, tx: optax.GradientTransformation,
             params=params,
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
+            skipped_steps=jnp.zeros((), jnp.int32),
         )
 
     return init
@@ -126,6 +130,7 @@ def make_loss_fn(model: ReAl, loss_config: ml_collections.ConfigDict) -> Callabl
                 sign=loss_config.consistency_sign,
                 spatial=loss_config.consistency_spatial,
                 aggregate=loss_config.consistency_aggregate,
+                image_target=loss_config.consistency_image_target,
             )
             metrics["loss_con"] = l_con
             total = total + loss_config.consistency_weight * l_con
@@ -162,7 +167,8 @@ def make_train_step(
 
     `batch` holds global arrays of the global batch, split over `data`. `metrics` are replicated
     scalars: the loss parts, `grad_norm`, `learning_rate`, `finite` (loss and gradients), and
-    `skipped` (1 when `skip_nonfinite` dropped the update).
+    `skipped` (1 when `skip_nonfinite` dropped the update) and `skipped_total` (all steps
+    dropped so far, kept in `TrainState.skipped_steps`).
     """
     loss_fn = make_loss_fn(model, loss_config)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -207,6 +213,7 @@ def make_train_step(
             params=optax.apply_updates(state.params, updates),
             batch_stats=batch_stats,
             opt_state=opt_state,
+            skipped_steps=state.skipped_steps,
         )
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
@@ -221,7 +228,9 @@ def make_train_step(
                 opt_state=keep(new_state.opt_state, state.opt_state),
             )
             skipped = (~finite).astype(jnp.int32)
-        metrics = dict(metrics, grad_norm=grad_norm, finite=finite, skipped=skipped)
+            new_state = new_state.replace(skipped_steps=state.skipped_steps + skipped)
+        metrics = dict(metrics, grad_norm=grad_norm, finite=finite, skipped=skipped,
+                       skipped_total=new_state.skipped_steps)
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
