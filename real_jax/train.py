@@ -162,6 +162,24 @@ def variables_of(state: TrainState) -> dict[str, Any]:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def init_from_pretrained(state: TrainState, shardings: TrainState,
+                         pretrained: ml_collections.ConfigDict) -> TrainState:
+    """Loads `pretrained.resnet50` into both encoders and `pretrained.gpt2_dir` into the decoder
+    (real_jax/interop) and places them like the fresh state. Projectors stay as initialised."""
+    if not (pretrained.resnet50 or pretrained.gpt2_dir):
+        return state
+    from real_jax.interop.torch_weights import load_pretrained
+
+    params, batch_stats = load_pretrained(state.params, state.batch_stats, pretrained)
+    place = lambda tree, target: jax.tree.map(
+        lambda x, sharding: x if isinstance(x, jax.Array) else jax.device_put(x, sharding),
+        tree, target)
+    logging.info("initialised from pretrained weights: resnet50=%r gpt2_dir=%r",
+                 pretrained.resnet50, pretrained.gpt2_dir)
+    return state.replace(params=place(params, shardings.params),
+                         batch_stats=place(batch_stats, shardings.batch_stats))
+
+
 def _host_metrics(step: int, metrics: dict[str, Any], policy: str,
                   checkpointer: Checkpointer) -> dict[str, float]:
     host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
@@ -212,9 +230,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
                                            config.mesh.fsdp)
         state = checkpointer.restore(latest, abstract, train_iter)
         logging.info("resumed from %s at step %d", workdir / "checkpoints", latest)
-    elif jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    else:
+        state = init_from_pretrained(state, shardings, config.pretrained)
+        if jax.process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     train_step = make_train_step(
         exp.model, exp.tx, config.loss, exp.mesh, shardings, schedule=exp.schedule,

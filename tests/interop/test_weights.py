@@ -231,3 +231,28 @@ def test_torch_load_uses_weights_only(tmp_path):
     torch.save({"conv1.weight": torch.ones(2, dtype=torch.bfloat16)}, tmp_path / "plain.pth")
     loaded = tw.read_state_dict(tmp_path / "plain.pth")
     assert loaded["conv1.weight"].dtype == np.float32 and loaded["conv1.weight"].sum() == 2
+
+
+def test_training_state_is_initialised_from_the_configured_gpt2_dir(gpt2_dir):
+    from real_jax import sharding as shd
+    from real_jax.optim import make_optimizer
+    from real_jax.train import init_from_pretrained
+    from real_jax.train_step import create_train_state
+
+    directory, torch_model = gpt2_dir
+    config = get_config("tiny")
+    config.model.decoder.update(n_layer=2, n_embd=32, n_head=2, n_positions=128)
+    config.pretrained.gpt2_dir = str(directory)
+    tokenizer = load_tokenizer("unused", gpt2_dir=directory)
+    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id)
+    tx, _ = make_optimizer(config.optim, 10)
+    mesh = shd.make_mesh(jax.devices()[:1])
+    shapes = example_batch(2, 64, config.data.question_max_tokens, config.data.answer_max_tokens)
+    state, shardings = create_train_state(model, tx, jax.random.key(0), shapes, mesh)
+    before = np.asarray(state.params["image_projector"]["queries"])
+    state = init_from_pretrained(state, shardings, config.pretrained)
+    wte = torch_model.transformer.wte.weight.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(state.params["decoder"]["wte"]["embedding"]), wte)
+    assert state.params["decoder"]["wte"]["embedding"].sharding == (
+        shardings.params["decoder"]["wte"]["embedding"])
+    np.testing.assert_array_equal(np.asarray(state.params["image_projector"]["queries"]), before)
