@@ -49,7 +49,12 @@ from real_jax import sharding as shd
 from real_jax.generation import make_generate_fn
 from real_jax.models import DTYPES, build_model
 from real_jax.optim import make_optimizer
-from real_jax.train_step import create_train_state, example_batch, make_train_step
+from real_jax.train_step import (
+    abstract_train_state,
+    create_train_state,
+    example_batch,
+    make_train_step,
+)
 
 GPT2_VOCAB_SIZE = 50257
 
@@ -157,6 +162,7 @@ def bench_jax(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int,
              for k, v in host.items()}
     batch = shd.make_global_batch(local, mesh)
 
+    param_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
@@ -171,6 +177,9 @@ def bench_jax(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int,
     step_s, times = _median_time(one_step, steps, warmup)
     result: dict[str, Any] = {
         "framework": "jax",
+        "param_count": param_count,
+        # float32 gradients all-reduced once per step under data parallelism
+        "gradient_bytes_per_step": 4 * param_count,
         "compile_s": compile_s,
         "step_s": step_s,
         "step_times_s": times,
@@ -188,6 +197,30 @@ def bench_jax(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int,
         result.update(bench_jax_decode(model, config, variables, batch, eos_id, steps=3))
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
+
+
+def flops_only(config: ml_collections.ConfigDict, *, vocab_size: int) -> dict[str, Any]:
+    """Parameters and FLOPs per sample of the train step without compiling or running it.
+
+    XLA's cost analysis of the lowered (not yet optimised) program on one device: no memory is
+    allocated, so the paper config at 512 px can be sized on a laptop. Compiled-program figures
+    (what `bench_jax` reports) can differ by a few per cent after XLA's simplifications."""
+    model = build_model(config.model, vocab_size, vocab_size - 1)
+    mesh = shd.make_mesh(jax.devices()[:1])
+    batch_size = config.train.global_batch_size
+    tx, schedule = make_optimizer(config.optim, 1000)
+    shapes = example_batch(batch_size, config.data.image_size, config.data.question_max_tokens,
+                           config.data.answer_max_tokens)
+    abstract, shardings = abstract_train_state(model, tx, shapes, mesh, fsdp=False)
+    step_fn = make_train_step(model, tx, config.loss, mesh, shardings, schedule=schedule,
+                              grad_accum_steps=config.train.grad_accum_steps)
+    batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shd.batch_sharding(mesh))
+             for k, s in shapes.items()}
+    lowered = step_fn.lower(abstract, batch, jax.random.key(0))
+    param_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    return {"framework": "jax", "param_count": param_count,
+            "gradient_bytes_per_step": 4 * param_count,
+            "flops_per_sample": xla_flops(lowered) / batch_size, "flops_source": "lowered"}
 
 
 def _decoded_positions(tokens: np.ndarray, eos_id: int) -> int:
@@ -295,7 +328,7 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     step_s, times = _median_time(train_step, steps, warmup)
     result: dict[str, Any] = {"framework": "torch", "torch_version": torch.__version__,
@@ -326,17 +359,21 @@ def machine() -> dict[str, Any]:
             "jax": jax.__version__, "date": date.today().isoformat()}
 
 
+def config_summary(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+    return {"preset": config.get("preset", "?"), "encoder": config.model.encoder,
+            "dtype": config.model.dtype, "image_size": config.data.image_size,
+            "global_batch_size": config.train.global_batch_size, "vocab_size": vocab_size,
+            "n_layer": config.model.decoder.n_layer, "n_embd": config.model.decoder.n_embd,
+            "variant": config.model.variant}
+
+
 def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
         steps: int = 10, warmup: int = 2, decode: bool = True,
         torch: bool = False) -> dict[str, Any]:
     """The whole benchmark; returns `{"machine", "config", "jax", ["torch", "ratio"]}`."""
     result: dict[str, Any] = {
         "machine": machine(),
-        "config": {"preset": config.get("preset", "?"), "encoder": config.model.encoder,
-                   "dtype": config.model.dtype, "image_size": config.data.image_size,
-                   "global_batch_size": config.train.global_batch_size,
-                   "vocab_size": vocab_size, "n_layer": config.model.decoder.n_layer,
-                   "n_embd": config.model.decoder.n_embd, "variant": config.model.variant},
+        "config": config_summary(config, vocab_size),
         "jax": bench_jax(config, vocab_size=vocab_size, steps=steps, warmup=warmup,
                          decode=decode),
     }
@@ -393,6 +430,9 @@ _VOCAB = flags.DEFINE_integer("vocab_size", GPT2_VOCAB_SIZE, "Decoder vocabulary
 _DECODE = flags.DEFINE_bool("decode", True, "Also time greedy and beam decoding.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch TorchReAl (CPU).")
 _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+_FLOPS_ONLY = flags.DEFINE_bool(
+    "flops_only", False, "Only parameters and FLOPs per sample from the lowered program (no "
+    "compilation, no memory): sizes the paper config anywhere.")
 
 
 def main(argv: list[str]) -> None:
@@ -400,6 +440,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags()
     config = flags.FLAGS.config
+    if _FLOPS_ONLY.value:
+        result = {"machine": machine(), "config": config_summary(config, _VOCAB.value),
+                  "jax": flops_only(config, vocab_size=_VOCAB.value)}
+        print(json.dumps(result, indent=1))
+        if _JSON.value:
+            Path(_JSON.value).parent.mkdir(parents=True, exist_ok=True)
+            Path(_JSON.value).write_text(json.dumps(result, indent=1))
+        return
     result = run(config, vocab_size=_VOCAB.value, steps=_STEPS.value, warmup=_WARMUP.value,
                  decode=_DECODE.value, torch=_TORCH.value)
     if jax.process_index() != 0:
