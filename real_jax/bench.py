@@ -254,7 +254,8 @@ def bench_jax_decode(model: Any, config: ml_collections.ConfigDict, variables: A
 
 def _torch_model(config: ml_collections.ConfigDict, vocab_size: int, eos_id: int) -> Any:
     """`TorchReAl` with random weights for `config.model` (the export's structure summary)."""
-    os.environ.setdefault("USE_FLAX", "0")  # transformers must not import jax/flax models
+    # transformers is already imported (with its Flax models) by the JAX side; do not set
+    # USE_FLAX=0 here: it would leak into subprocesses and break their FlaxGPT2 import.
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from real_jax.interop.torch_model import TorchReAl
