@@ -107,3 +107,21 @@ def initialize_from_flags() -> bool:
         process_id=_PROCESS_ID.value,
         local_device_ids=[int(i) for i in ids] if ids else None,
     )
+
+
+def wait_for_all_processes(name: str, timeout_s: float = 1800.0) -> None:
+    """Blocks until every process reaches the barrier `name` (no-op on one process).
+
+    Uses the coordination service, whose timeout is ours, rather than a gloo collective, whose
+    30 s start-up limit is fixed: hosts can reach the first collective minutes apart (one still
+    building its input pipeline while another is ready).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        raise RuntimeError("several JAX processes but no distributed client: call "
+                           "real_jax.distributed.maybe_initialize first")
+    client.wait_at_barrier(name, int(timeout_s * 1000))

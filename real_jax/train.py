@@ -32,6 +32,7 @@ from data_pipeline.tokenizer import Tokenizer
 from real_jax import sharding as shd
 from real_jax.checkpointing import Checkpointer
 from real_jax.config_checks import validate_config
+from real_jax.distributed import wait_for_all_processes
 from real_jax.evaluate import Evaluator
 from real_jax.metric_writer import MetricWriter, Progress
 from real_jax.models import ReAl, build_model
@@ -222,6 +223,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
         shard_index=jax.process_index(), shard_count=jax.process_count(),
         num_workers=data.num_workers, question_types=list(data.question_types) or None,
         jitter=data.jitter, max_bad_images=data.max_bad_images)
+    wait_for_all_processes("real_jax_before_checkpointer")
     checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints,
                                 best_metric=train.best_metric)
     latest = checkpointer.latest_step()
