@@ -72,16 +72,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-QUESTION_TYPES: tuple[str, ...] = (
-    "abnormality",
-    "presence",
-    "view",
-    "location",
-    "level",
-    "type",
-    "difference",
-)
-"""The MIMIC-Diff-VQA question types, in the dataset's order."""
+from data_pipeline.vocab import QUESTION_TYPES  # the dataset's question types, in its order
 
 DIFFERENCE_TYPE = "difference"
 CLOSED_ANSWERS = frozenset({"yes", "no"})
