@@ -60,6 +60,11 @@ class Checkpointer:
             ),
             item_names=(STATE, DATA_ITERATOR, CONFIG),
         )
+        # Orbax removes the leftover partial saves in a background future; wait for it so a
+        # restarted run never sees them (and a test can check they are gone).
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
