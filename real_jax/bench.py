@@ -49,6 +49,7 @@ from real_jax import sharding as shd
 from real_jax.generation import make_generate_fn
 from real_jax.models import DTYPES, build_model
 from real_jax.optim import make_optimizer
+from real_jax.registration import config_from_data_config
 from real_jax.train_step import (
     abstract_train_state,
     create_train_state,
@@ -145,7 +146,8 @@ def bench_jax(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int,
               decode: bool = True, peak: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train step (and decoding) of the JAX model on all devices; see the module docstring."""
     eos_id = vocab_size - 1
-    model = build_model(config.model, vocab_size, eos_id)
+    model = build_model(config.model, vocab_size, eos_id,
+                        registration=config_from_data_config(config.data))
     mesh = shd.make_mesh()
     batch_size = config.train.global_batch_size
     tx, schedule = make_optimizer(config.optim, 1000)
@@ -205,7 +207,8 @@ def flops_only(config: ml_collections.ConfigDict, *, vocab_size: int) -> dict[st
     XLA's cost analysis of the lowered (not yet optimised) program on one device: no memory is
     allocated, so the paper config at 512 px can be sized on a laptop. Compiled-program figures
     (what `bench_jax` reports) can differ by a few per cent after XLA's simplifications."""
-    model = build_model(config.model, vocab_size, vocab_size - 1)
+    model = build_model(config.model, vocab_size, vocab_size - 1,
+                        registration=config_from_data_config(config.data))
     mesh = shd.make_mesh(jax.devices()[:1])
     batch_size = config.train.global_batch_size
     tx, schedule = make_optimizer(config.optim, 1000)

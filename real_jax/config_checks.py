@@ -18,6 +18,7 @@ from real_jax.losses import (
 from real_jax.models import DTYPES
 from real_jax.models.real import VARIANTS, prefix_length
 from real_jax.models.resnet import ENCODERS
+from real_jax.registration import config_from_data_config
 
 NONFINITE_POLICIES = ("stop", "skip")
 ENCODER_STRIDE = 32
@@ -72,6 +73,11 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(train.stop_check_every_steps >= 1,
           f"train.stop_check_every_steps={train.stop_check_every_steps} must be >= 1")
     check(data.max_bad_images >= 0, f"data.max_bad_images={data.max_bad_images} must be >= 0")
+    if data.get("register", False):
+        try:
+            config_from_data_config(data)
+        except (TypeError, ValueError) as e:
+            problems.append(f"data.registration: {e}")
     check(train.nonfinite_policy in NONFINITE_POLICIES,
           f"train.nonfinite_policy={train.nonfinite_policy!r} not in {NONFINITE_POLICIES}")
     loss = config.loss

@@ -37,6 +37,7 @@ from real_jax.evaluate import Evaluator
 from real_jax.metric_writer import MetricWriter, Progress
 from real_jax.models import ReAl, build_model
 from real_jax.optim import make_optimizer
+from real_jax.registration import config_from_data_config
 from real_jax.train_step import (
     MODEL_INPUT_KEYS,
     TrainState,
@@ -145,7 +146,8 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     validate_config(config, jax.device_count(), jax.process_count())
     ensure_dataset(config)
     tokenizer = load_tokenizer(config.data.dir, config.pretrained.gpt2_dir or None)
-    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id)
+    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id,
+                        registration=config_from_data_config(config.data))
     train = config.train
     if train.num_train_steps > 0:
         total_steps = train.num_train_steps

@@ -5,12 +5,15 @@ import ml_collections
 
 from real_jax.models.gpt2_decoder import make_gpt2_config
 from real_jax.models.real import VARIANTS, ReAl
+from real_jax.registration import RegistrationConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, eos_id: int) -> ReAl:
-    """Builds ReAl from `config.model`; the vocabulary comes from the tokenizer."""
+def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, eos_id: int,
+                registration: RegistrationConfig | None = None) -> ReAl:
+    """Builds ReAl from `config.model`; the vocabulary comes from the tokenizer, `registration`
+    from `config.data` (`real_jax.registration.config_from_data_config`)."""
     if model_config.variant not in VARIANTS:
         raise ValueError(f"config.model.variant={model_config.variant!r} not in {VARIANTS}")
     if model_config.dtype not in DTYPES:
@@ -34,6 +37,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, eos_id
         projector_heads=model_config.projector_heads,
         projector_dropout=model_config.projector_dropout,
         blank_images=model_config.blank_images,
+        registration=registration,
         dtype=DTYPES[model_config.dtype],
     )
 

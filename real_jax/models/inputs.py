@@ -1,7 +1,8 @@
 """Turns the pipeline's uint8 grayscale crops into encoder inputs, on device.
 
-The host sends `ref` and `main` as `uint8[B, S, S]`; the residual `main - ref` is formed here, so
-it costs no host bandwidth and sees exactly the pixels the encoders see. Grayscale is repeated to
+The host sends `ref` and `main` as `uint8[B, S, S]`; the model forms the residual `main - ref`
+from the same unit-range images on device, so it costs no host bandwidth and sees exactly the
+pixels the encoders see. Grayscale is repeated to
 3 channels so ImageNet-pretrained ResNet-50 weights load unchanged.
 """
 
@@ -14,11 +15,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def to_unit_float(image: jnp.ndarray) -> jnp.ndarray:
     """`uint8[B, S, S]` -> `float32[B, S, S]` in [0, 1]."""
     return image.astype(jnp.float32) / 255.0
-
-
-def residual_image(ref: jnp.ndarray, main: jnp.ndarray) -> jnp.ndarray:
-    """`I_res = I_main - I_ref`: `uint8[B, S, S]` x2 -> `float32[B, S, S]` in [-1, 1]."""
-    return to_unit_float(main) - to_unit_float(ref)
 
 
 def normalize_image(image: jnp.ndarray) -> jnp.ndarray:

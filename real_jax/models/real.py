@@ -12,7 +12,9 @@ parameters. The three variants are the paper's ablation rows (Table 2):
 | `real`           | yes             | yes (full ReAl)  |
 
 `blank_images=True` replaces both images with zeros: the same model then learns only the text
-prior, the control that shows how much the images contribute.
+prior, the control that shows how much the images contribute. With a `registration` config the
+reference is first aligned to the main image (`real_jax/registration.py`) and both the residual
+and the reference encoder see the aligned reference.
 
 The model returns the answer-position logits and the encoders' features; the losses live in
 `real_jax/losses.py`.
@@ -27,11 +29,11 @@ from real_jax.models.gpt2_decoder import GPT2Config, GPT2Decoder
 from real_jax.models.inputs import (
     normalize_image,
     normalize_residual,
-    residual_image,
     to_unit_float,
 )
 from real_jax.models.projector import Projector
 from real_jax.models.resnet import make_encoder
+from real_jax.registration import RegistrationConfig, register
 
 VARIANTS = ("baseline", "residual_input", "real")
 
@@ -58,6 +60,7 @@ class ReAl(nn.Module):
     projector_heads: int = 8
     projector_dropout: float = 0.1
     blank_images: bool = False  # control experiment: the images are replaced by zeros
+    registration: RegistrationConfig | None = None  # align ref to main first (data.register)
     dtype: Any = jnp.float32
 
     @property
@@ -91,12 +94,22 @@ class ReAl(nn.Module):
         self.decoder = GPT2Decoder(self.decoder_config, dtype=self.dtype, name="decoder")
 
     def encode(
-        self, ref: jnp.ndarray, main: jnp.ndarray, train: bool = True
+        self,
+        ref: jnp.ndarray,
+        main: jnp.ndarray,
+        train: bool = True,
+        *,
+        main_offset: jnp.ndarray | None = None,
+        residual_offset: jnp.ndarray | None = None,
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Images -> prefix tokens and encoder features.
 
         Args:
-          ref, main: `uint8[B, S, S]` grayscale crops.
+          ref, main: `uint8[B, S, S]` grayscale crops (or float32 on the 0..255 scale).
+          main_offset, residual_offset: optional `float32[B, S, S]` added to the main image
+            (in [0, 1] units, so it reaches both the main encoder and the residual) and to the
+            residual only; zeros leave the output unchanged. Saliency maps are gradients with
+            respect to them (`real_jax/saliency.py`).
         Returns:
           prefix: `float[B, P, D]`, P = `prefix_length` (residual tokens first when present).
           features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`.
@@ -104,13 +117,22 @@ class ReAl(nn.Module):
         batch = ref.shape[0]
         if self.blank_images:
             ref, main = jnp.zeros_like(ref), jnp.zeros_like(main)
-        pair = jnp.concatenate([to_unit_float(ref), to_unit_float(main)], axis=0)
+        elif self.registration is not None:
+            ref, _ = register(ref, main, self.registration)
+        main_unit = to_unit_float(main)
+        if main_offset is not None:
+            main_unit = main_unit + main_offset
+        ref_unit = to_unit_float(ref)
+        pair = jnp.concatenate([ref_unit, main_unit], axis=0)
         image_features = self.image_encoder(normalize_image(pair), train=train)
         image_tokens = self.image_projector(image_features, train=train)
         features = {"ref": image_features[:batch], "main": image_features[batch:]}
         groups = [image_tokens[:batch], image_tokens[batch:]]
         if self.has_residual_branch:
-            residual = normalize_residual(residual_image(ref, main))
+            residual = main_unit - ref_unit  # I_res = I_main - I_ref, in [-1, 1]
+            if residual_offset is not None:
+                residual = residual + residual_offset
+            residual = normalize_residual(residual)
             features["residual"] = self.residual_encoder(residual, train=train)
             groups.insert(0, self.residual_projector(features["residual"], train=train))
         return jnp.concatenate(groups, axis=1), features
@@ -126,12 +148,13 @@ class ReAl(nn.Module):
         question_ids: jnp.ndarray,
         question_mask: jnp.ndarray,
         train: bool = True,
+        **offsets: jnp.ndarray | None,
     ) -> tuple[jnp.ndarray, jnp.ndarray, dict[str, jnp.ndarray]]:
-        """The decoder prompt `[prefix | question]`.
+        """The decoder prompt `[prefix | question]`; `offsets` as in `encode`.
 
         Returns embeddings `float[B, P + Lq, D]`, mask `int32[B, P + Lq]`, encoder features.
         """
-        prefix, features = self.encode(ref, main, train=train)
+        prefix, features = self.encode(ref, main, train=train, **offsets)
         embeds = jnp.concatenate([prefix, self.embed_tokens(question_ids).astype(prefix.dtype)], 1)
         prefix_mask = jnp.ones(prefix.shape[:2], jnp.int32)
         mask = jnp.concatenate([prefix_mask, question_mask.astype(jnp.int32)], axis=1)
@@ -146,8 +169,9 @@ class ReAl(nn.Module):
         answer_ids: jnp.ndarray,
         answer_mask: jnp.ndarray,
         train: bool = True,
+        **offsets: jnp.ndarray | None,
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-        """Teacher-forced forward pass.
+        """Teacher-forced forward pass (`offsets`: `main_offset`/`residual_offset`, see `encode`).
 
         Args:
           ref, main: `uint8[B, S, S]`.
@@ -157,7 +181,8 @@ class ReAl(nn.Module):
           logits `float32[B, La, V]`, where `logits[:, t]` predicts `answer_ids[:, t]`;
           the encoder features (see `encode`).
         """
-        embeds, mask, features = self.prompt(ref, main, question_ids, question_mask, train)
+        embeds, mask, features = self.prompt(ref, main, question_ids, question_mask, train,
+                                             **offsets)
         prompt_length = embeds.shape[1]
         answer_length = answer_ids.shape[1]
         embeds = jnp.concatenate([embeds, self.embed_tokens(answer_ids).astype(embeds.dtype)], 1)
