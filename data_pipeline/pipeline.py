@@ -63,6 +63,20 @@ def load_tokenizer(data_dir: str | Path, gpt2_dir: str | Path | None = None) -> 
     return Tokenizer.load(Path(data_dir) / "tokenizer")
 
 
+def encode_question(tokenizer: Tokenizer, question: str, max_tokens: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """A question as the model reads it: `(ids int32[Lq], mask int32[Lq], untruncated length)`,
+    left-padded with `pad_id` and cut to its first `max_tokens` tokens."""
+    ids = tokenizer.encode(question)
+    length = len(ids)
+    ids = ids[:max_tokens]
+    out = np.full(max_tokens, tokenizer.pad_id, np.int32)
+    mask = np.zeros(max_tokens, np.int32)
+    if ids:
+        out[-len(ids):], mask[-len(ids):] = ids, 1
+    return out, mask, length
+
+
 class Records:
     """Text and ids of one split, by record index: `records[i] -> {study_id, subject_id, ref_id,
     question_type, question, answer, row}` (from DATA_DIR/index/{split}.jsonl)."""
@@ -185,15 +199,10 @@ class PairTransform(grain.transforms.RandomMap):
         return self.random_map(record, None)
 
     def _question(self, record):
-        ids = self.tok.encode(_text(record["question"]))
-        if len(ids) > self.lq:
-            self._truncated("question", record, len(ids))
-            ids = ids[: self.lq]
-        out = np.full(self.lq, self.tok.pad_id, np.int32)
-        mask = np.zeros(self.lq, np.int32)
-        if ids:
-            out[-len(ids):], mask[-len(ids):] = ids, 1
-        return out, mask
+        ids, mask, length = encode_question(self.tok, _text(record["question"]), self.lq)
+        if length > self.lq:
+            self._truncated("question", record, length)
+        return ids, mask
 
     def _answer(self, record):
         ids = self.tok.encode(_text(record["answer"]))

@@ -43,7 +43,9 @@ class Checkpointer:
     """Saves and restores `(state, data iterator, config)` under `directory`."""
 
     def __init__(self, directory: str | Path, *, keep: int, best_metric: str | None,
-                 async_save: bool = True) -> None:
+                 async_save: bool = True, read_only: bool = False) -> None:
+        """`read_only` (prediction beside a running training job): never writes, creates or
+        cleans anything, so an in-flight save of that job is left alone."""
         policies: list[pp.PreservationPolicy] = [pp.LatestN(n=keep)]
         if best_metric:
             policies.append(pp.BestN(get_metric_fn=lambda m: metric_value(m, best_metric), n=1,
@@ -55,8 +57,9 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=pp.AnyPreservationPolicy(policies),
                 enable_async_checkpointing=async_save,
-                create=True,
-                cleanup_tmp_directories=True,  # partial saves of a killed run
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,  # partial saves of a killed run
+                read_only=read_only,
             ),
             item_names=(STATE, DATA_ITERATOR, CONFIG),
         )

@@ -239,6 +239,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+            # With the checkpoints, enough to answer new questions (`real_jax.predict`) on a
+            # machine without the training data.
+            exp.tokenizer.save(workdir / "tokenizer")
 
     train_step = make_train_step(
         exp.model, exp.tx, config.loss, exp.mesh, shardings, schedule=exp.schedule,

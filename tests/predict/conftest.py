@@ -1,0 +1,56 @@
+"""A tiny trained run (with registration on) and image files of real synthetic studies, shared
+by the prediction tests."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.real import get_config
+from data_pipeline import prepare, synthetic
+from real_jax import train
+
+SUBJECTS, SOURCE_IMAGE_SIZE = 16, 80
+
+
+@pytest.fixture(scope="session")
+def raw_data(tmp_path_factory) -> Path:
+    raw = tmp_path_factory.mktemp("predict_data") / "raw"
+    synthetic.generate(raw, subjects=SUBJECTS, seed=0, image_size=SOURCE_IMAGE_SIZE, workers=1)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(raw_data, tmp_path_factory) -> Path:
+    """`configs/real.py:tiny` trained for 2 steps with `data.register=True`."""
+    config = get_config("tiny")
+    out = raw_data.parent / "prepared"
+    size = config.data.image_size
+    prepare.main([
+        "--questions", str(raw_data / synthetic.QUESTIONS_CSV), "--images", str(raw_data),
+        "--metadata", str(raw_data / synthetic.METADATA_CSV), "--out", str(out),
+        "--resize_shorter", str(size + size // 16), "--question_types", "difference",
+        "--workers", "1",
+    ])
+    config.data.dir = str(out)
+    config.data.synthetic_source = ""
+    config.data.register = True
+    config.data.registration.levels = 2
+    config.data.registration.steps = 5
+    config.train.num_train_steps = 2
+    config.train.eval_every_steps = 2
+    config.train.checkpoint_every_steps = 2
+    config.data.eval_limit = 8
+    workdir = tmp_path_factory.mktemp("predict_run")
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def study_images(raw_data) -> tuple[np.ndarray, np.ndarray]:
+    """The frontal images of one synthetic subject's first two studies, uint8[H, W] each."""
+    subject = sorted(p for p in raw_data.glob("files/p*/p*") if p.is_dir())[0]
+    studies = sorted(subject.glob("s*"))
+    images = [np.asarray(Image.open(sorted(s.glob("*.jpg"))[0]).convert("L")) for s in studies]
+    return images[0], images[1]

@@ -1,0 +1,159 @@
+"""`python -m real_jax.predict`: answers for new pairs of studies, from files a user has."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipeline.image_files import ImageFileError
+from real_jax.evaluation.heatmap import heatmap_figure_size
+from real_jax.predict import DEFAULT_QUESTION, Predictor, predict_pairs, read_pairs_csv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_workdir) -> Predictor:
+    return Predictor.load(trained_workdir, batch_size=2)
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, monochrome1: bool = False,
+                twelve_bit: bool = False) -> Path:
+    """A DICOM that displays as `pixels` (uint8[H, W]): 8-bit as is, or 12-bit stored values
+    with a rescale and a window that maps them back; MONOCHROME1 stores the inverse."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    shown = 255 - pixels if monochrome1 else pixels
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.PixelRepresentation = 0
+    if twelve_bit:
+        # Stored s -> value 2 s - 1000 = 16 p + 8 for display value p; the window [0, 4096)
+        # maps that back to p.
+        stored = shown.astype(np.uint16) * 8 + 504
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = shown.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_gives_the_same_answer_as_the_same_pixels_as_png(predictor, study_images,
+                                                               tmp_path):
+    ref, main = study_images
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    Image.fromarray(main).save(tmp_path / "main.png")
+    from_png = predictor.prepare(tmp_path / "ref.png", tmp_path / "main.png")
+    variants = {
+        "8-bit": write_dicom(tmp_path / "main8.dcm", main),
+        "12-bit windowed MONOCHROME1": write_dicom(tmp_path / "main12.dcm", main,
+                                                   monochrome1=True, twelve_bit=True),
+    }
+    pairs = [from_png]
+    for path in variants.values():
+        pairs.append(predictor.prepare(write_dicom(tmp_path / "ref.dcm", ref), path))
+    np.testing.assert_array_equal(pairs[1].main, from_png.main)
+    assert np.abs(pairs[2].main.astype(int) - from_png.main).max() <= 1
+    answers = [a.answer for a in predictor.answer(pairs)]
+    assert answers[0], "the model produced an empty answer"
+    assert answers == [answers[0]] * 3, dict(zip(["png", *variants], answers, strict=True))
+
+
+def test_single_pair_command_prints_the_answer_and_writes_the_heatmap(trained_workdir,
+                                                                      predictor, study_images,
+                                                                      tmp_path):
+    ref, main = study_images
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    Image.fromarray(main).save(tmp_path / "main.jpg", quality=95)
+    figure = tmp_path / "figures" / "pair.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "real_jax.predict", f"--workdir={trained_workdir}",
+         f"--ref={tmp_path / 'ref.png'}", f"--main={tmp_path / 'main.jpg'}",
+         f"--heatmap={figure}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = predictor.answer([predictor.prepare(tmp_path / "ref.png",
+                                                   tmp_path / "main.jpg")])[0].answer
+    assert result.stdout.strip().splitlines()[-1] == expected
+    assert Image.open(figure).size == heatmap_figure_size(predictor.config.data.image_size)
+
+
+def test_batch_mode_writes_one_line_per_row_and_counts_the_failures(predictor, study_images,
+                                                                    tmp_path):
+    ref, main = study_images
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    Image.fromarray(main).save(tmp_path / "main.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "pairs.csv").write_text(
+        "id,ref,main,question\n"
+        "a,ref.png,main.png,\n"
+        "b,ref.png,main.png,what has changed in the main image?\n"
+        "c,ref.png,missing.png,\n"
+        "d,notes.png,main.png,\n"
+        "e,main.png,ref.png,\n")
+    rows = read_pairs_csv(tmp_path / "pairs.csv")
+    answered, failed = predict_pairs(predictor, rows, tmp_path / "out.jsonl",
+                                     heatmap_dir=tmp_path / "maps")
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert (answered, failed) == (3, 2)
+    by_id = {line["id"]: line for line in lines}
+    assert sorted(by_id) == ["a", "b", "c", "d", "e"]
+    assert by_id["a"]["question"] == DEFAULT_QUESTION
+    assert "missing.png" in by_id["c"]["error"] and "no such file" in by_id["c"]["error"]
+    assert "notes.png" in by_id["d"]["error"]
+    size = heatmap_figure_size(predictor.config.data.image_size)
+    for key in "abe":
+        assert Image.open(by_id[key]["heatmap"]).size == size
+
+
+def test_pairs_csv_without_the_image_columns_is_refused(tmp_path):
+    (tmp_path / "pairs.csv").write_text("reference,followup\na.png,b.png\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['main', 'ref'\]"):
+        read_pairs_csv(tmp_path / "pairs.csv")
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "1x1", "huge"])
+def test_bad_input_files_get_errors_naming_the_file(predictor, study_images, tmp_path, case):
+    good = tmp_path / "good.png"
+    Image.fromarray(study_images[0]).save(good)
+    bad = tmp_path / f"bad_{case.replace(' ', '_')}.png"
+    if case == "not an image":
+        bad.write_text("PATIENT NAME, STUDY DATE\n")
+    elif case == "1x1":
+        Image.fromarray(np.zeros((1, 1), np.uint8)).save(bad)
+    elif case == "huge":
+        # A 9000 x 9000 PNG of zeros compresses to ~80 kB but would decode to 81 Mpx; the
+        # header alone is enough to refuse it.
+        Image.new("L", (9000, 9000)).save(bad, optimize=False, compress_level=9)
+    reason = {"missing": "no such file", "not an image": "not a readable image",
+              "1x1": "1x1", "huge": "max_pixels"}[case]
+    with pytest.raises(ImageFileError, match=reason) as error:
+        predictor.prepare(good, bad)
+    assert bad.name in str(error.value)
+
+
+def test_command_without_images_or_pairs_is_a_usage_error(trained_workdir):
+    result = subprocess.run(
+        [sys.executable, "-m", "real_jax.predict", f"--workdir={trained_workdir}",
+         "--ref=only_one.png"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "give either --ref and --main" in result.stderr
