@@ -200,3 +200,28 @@ def random_acquisition(rng: np.random.Generator) -> dict:
         "gamma": float(rng.uniform(0.85, 1.2)),
         "noise": float(rng.uniform(0.008, 0.02)),
     }
+
+
+def misaligned_pair(width: int, rng: np.random.Generator, misalignment: float = 1.0,
+                    findings: dict | None = None):
+    """One subject drawn under two random acquisitions (ref, then main) with the same findings,
+    and the true transform between them, for testing registration.
+
+    `misalignment` scales the main study's shift and rotation away from the usual follow-up
+    range (`random_acquisition`). Returns `(ref uint8[H, W], main uint8[H, W], A float64[2, 2],
+    t float64[2])` with `x_ref = A @ x_main + t` in physical coordinates (x across the width in
+    [-1, 1], y down the height, square pixels: `real_jax.registration`'s convention, which equals
+    this renderer's when H / W is exactly ASPECT, e.g. width 120).
+    """
+    anatomy = random_anatomy(rng)
+    acq_ref, acq_main = random_acquisition(rng), random_acquisition(rng)
+    acq_main["shift"] = tuple(misalignment * s for s in acq_main["shift"])
+    acq_main["rotation"] *= misalignment
+    ref = render_frontal(width, anatomy, acq_ref, findings or {}, rng)
+    main = render_frontal(width, anatomy, acq_main, findings or {}, rng)
+    # pixel -> anatomy is u = R(theta) (x - shift) / scale, so x_ref = M_ref^-1(M_main(x_main)).
+    angle = np.deg2rad(acq_main["rotation"] - acq_ref["rotation"])
+    c, s = np.cos(angle), np.sin(angle)
+    matrix = acq_ref["scale"] / acq_main["scale"] * np.array([[c, s], [-s, c]])
+    shift = np.asarray(acq_ref["shift"]) - matrix @ np.asarray(acq_main["shift"])
+    return ref, main, matrix, shift

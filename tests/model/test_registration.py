@@ -14,25 +14,11 @@ WIDTH = 120  # 144 x 120: height / width is exactly the renderer's aspect, so co
 
 
 def _rendered_pairs(num: int, seed: int, misalignment: float = 1.0):
-    """Pairs of one anatomy drawn under two acquisitions, no finding change, and the true
-    transform main -> ref in physical coordinates (both renders use the same convention)."""
+    """Stacked `si.misaligned_pair`s: one anatomy under two acquisitions, no finding change."""
     rng = np.random.default_rng(seed)
-    refs, mains, matrices, shifts = [], [], [], []
-    for _ in range(num):
-        anatomy = si.random_anatomy(rng)
-        a, b = si.random_acquisition(rng), si.random_acquisition(rng)
-        b["shift"] = tuple(misalignment * s for s in b["shift"])
-        b["rotation"] *= misalignment
-        refs.append(si.render_frontal(WIDTH, anatomy, a, {}, rng))
-        mains.append(si.render_frontal(WIDTH, anatomy, b, {}, rng))
-        # pixel -> anatomy is u = R(t) (x - shift) / scale; so x_ref = A x_main + t with
-        angle = np.deg2rad(b["rotation"] - a["rotation"])
-        c, s = np.cos(angle), np.sin(angle)
-        matrix = a["scale"] / b["scale"] * np.array([[c, s], [-s, c]])
-        matrices.append(matrix)
-        shifts.append(np.asarray(a["shift"]) - matrix @ np.asarray(b["shift"]))
-    return (np.stack(refs), np.stack(mains), np.asarray(matrices, np.float32),
-            np.asarray(shifts, np.float32))
+    pairs = [si.misaligned_pair(WIDTH, rng, misalignment) for _ in range(num)]
+    ref, main, matrices, shifts = (np.stack(x) for x in zip(*pairs, strict=True))
+    return ref, main, matrices.astype(np.float32), shifts.astype(np.float32)
 
 
 def _errors(params, matrices, shifts, transform, shape):
