@@ -1,19 +1,17 @@
 """`python -m real_jax.predict`: answers for new pairs of studies, from files a user has."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import app, flags
 from PIL import Image
 
 from data_pipeline.image_files import ImageFileError
+from real_jax import predict
 from real_jax.evaluation.heatmap import heatmap_figure_size
 from real_jax.predict import DEFAULT_QUESTION, Predictor, predict_pairs, read_pairs_csv
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -78,22 +76,28 @@ def test_dicom_gives_the_same_answer_as_the_same_pixels_as_png(predictor, study_
     assert answers == [answers[0]] * 3, dict(zip(["png", *variants], answers, strict=True))
 
 
+def run_command(*args: str) -> None:
+    """`python -m real_jax.predict ARGS`, in this process (no second JAX start-up)."""
+    argv = ["real_jax.predict", *args]
+    flags.FLAGS(argv)
+    try:
+        predict.main(argv[:1])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 def test_single_pair_command_prints_the_answer_and_writes_the_heatmap(trained_workdir,
                                                                       predictor, study_images,
-                                                                      tmp_path):
+                                                                      tmp_path, capsys):
     ref, main = study_images
     Image.fromarray(ref).save(tmp_path / "ref.png")
     Image.fromarray(main).save(tmp_path / "main.jpg", quality=95)
     figure = tmp_path / "figures" / "pair.png"
-    result = subprocess.run(
-        [sys.executable, "-m", "real_jax.predict", f"--workdir={trained_workdir}",
-         f"--ref={tmp_path / 'ref.png'}", f"--main={tmp_path / 'main.jpg'}",
-         f"--heatmap={figure}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_command(f"--workdir={trained_workdir}", f"--ref={tmp_path / 'ref.png'}",
+                f"--main={tmp_path / 'main.jpg'}", f"--heatmap={figure}", "--batch_size=2")
     expected = predictor.answer([predictor.prepare(tmp_path / "ref.png",
                                                    tmp_path / "main.jpg")])[0].answer
-    assert result.stdout.strip().splitlines()[-1] == expected
+    assert capsys.readouterr().out.strip().splitlines()[-1] == expected
     assert Image.open(figure).size == heatmap_figure_size(predictor.config.data.image_size)
 
 
@@ -151,9 +155,12 @@ def test_bad_input_files_get_errors_naming_the_file(predictor, study_images, tmp
     assert bad.name in str(error.value)
 
 
-def test_command_without_images_or_pairs_is_a_usage_error(trained_workdir):
-    result = subprocess.run(
-        [sys.executable, "-m", "real_jax.predict", f"--workdir={trained_workdir}",
-         "--ref=only_one.png"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert "give either --ref and --main" in result.stderr
+@pytest.mark.parametrize("args", [["--ref=a.png"], ["--main=b.png", "--pairs=p.csv"], []])
+def test_command_needs_both_images_or_a_pairs_csv(args):
+    with pytest.raises(app.UsageError, match="give either --ref and --main"):
+        run_command("--workdir=unused", *args)
+
+
+def test_command_reports_a_missing_workdir_without_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match="has no checkpoints/ folder"):
+        run_command(f"--workdir={tmp_path / 'nothing'}", "--ref=a.png", "--main=b.png")
