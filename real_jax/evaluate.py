@@ -28,6 +28,7 @@ from real_jax.evaluation import (
 )
 from real_jax.generation import make_generate_fn, strip_after_eos
 from real_jax.models.real import ReAl
+from real_jax.registration import register
 
 GENERATION_KEYS = ("ref", "main", "question_ids", "question_mask", "index", "valid")
 
@@ -43,6 +44,10 @@ class Evaluator:
         self.mesh = mesh
         self.split = split
         self.records = load_records(config.data.dir, split)
+        # The figure shows the residual the model saw: of the registered reference, if any.
+        self.register = None
+        if model.registration is not None:
+            self.register = jax.jit(lambda r, m: register(r, m, model.registration)[0])
         self.generate = make_generate_fn(
             model,
             method=generation.method,
@@ -119,16 +124,23 @@ class Evaluator:
                 write_metrics_json(out / "metrics.json", metrics)
                 by_index = {p.index: p for p in predictions}
                 save_examples_figure(out / "examples.png", [
-                    FigureExample(ref=img["ref"], main=img["main"],
+                    FigureExample(ref=self._figure_ref(img), main=img["main"],
                                   question=by_index[i].question,
                                   reference=by_index[i].reference,
                                   prediction=by_index[i].prediction,
-                                  title=f"study {by_index[i].study_id} vs {by_index[i].ref_id}")
+                                  title=f"study {by_index[i].study_id} vs {by_index[i].ref_id}",
+                                  registered=self.register is not None)
                     for i, img in sorted(images.items()) if i in by_index])
             logging.info("evaluated %d %s examples into %s", len(predictions), self.split, out)
         if score and jax.process_count() > 1:
             metrics = _share_best_metric(metrics, self.config.train.best_metric)
         return metrics
+
+
+    def _figure_ref(self, images: dict[str, np.ndarray]) -> np.ndarray:
+        if self.register is None:
+            return images["ref"]
+        return np.asarray(self.register(images["ref"][None], images["main"][None])[0])
 
 
 def _share_best_metric(metrics: dict[str, Any], path: str) -> dict[str, Any]:

@@ -36,12 +36,14 @@ class FigureExample:
     """One row of the figure.
 
     Attributes:
-      ref: the reference image, uint8[H, W] grayscale.
+      ref: the reference image, uint8[H, W] grayscale (or float32 on the 0..255 scale, e.g.
+        the reference registered to the main image).
       main: the main (follow-up) image, uint8[H, W], same shape as ``ref``.
       question: the question text.
       reference: the ground-truth answer.
       prediction: the generated answer.
       title: optional row title (e.g. the study ids).
+      registered: whether ``ref`` was registered to ``main`` (names the residual panel).
     """
 
     ref: np.ndarray
@@ -50,6 +52,7 @@ class FigureExample:
     reference: str
     prediction: str
     title: str = ""
+    registered: bool = False
 
 
 def _words(text: str) -> set[str]:
@@ -93,7 +96,8 @@ def save_examples_figure(
         panels = [
             ("reference", ex.ref, {"cmap": "gray", "vmin": 0, "vmax": 255}),
             ("main", ex.main, {"cmap": "gray", "vmin": 0, "vmax": 255}),
-            ("residual (main - ref)", res, {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}),
+            ("residual (main - registered ref)" if ex.registered else "residual (main - ref)",
+             res, {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}),
         ]
         for col, (name, image, kwargs) in enumerate(panels):
             ax = fig.add_subplot(grid[row, col])
