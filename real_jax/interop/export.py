@@ -2,7 +2,9 @@
 
 Layout of OUT (all tensors in safetensors):
 
-    config.json                      model structure, eos id, sizes, the training config, step
+    config.json                      model structure, eos id, sizes, the training config, step,
+                                     "registration": the `data.registration` fields when the model
+                                     aligns ref to main (`data.register`), else null
     image_encoder.safetensors        torchvision `resnet50` state_dict (without `fc`), or the
     residual_encoder.safetensors     same naming for `TorchResNet` (other encoders)
     image_projector.safetensors      `real_jax.interop.torch_model.TorchProjector` state_dicts
@@ -17,6 +19,7 @@ are used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +36,7 @@ from data_pipeline.tokenizer import EOS_TOKEN, Tokenizer
 from real_jax.interop import torch_weights as tw
 from real_jax.interop.torch_model import CONFIG_FILE, ENCODER_FILES, GPT2_DIR, PROJECTOR_FILES
 from real_jax.models.resnet import make_encoder
+from real_jax.registration import config_from_data_config
 
 EXPORT_FORMAT = "real_jax.torch_export/1"
 
@@ -108,6 +112,7 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
         raise ValueError(f"decoder vocabulary {vocab_size} != tokenizer vocabulary "
                          f"{tokenizer.vocab_size}: wrong data.dir or pretrained.gpt2_dir?")
     encoder = make_encoder(model_config["encoder"])
+    registration = config_from_data_config(config["data"])
     for name, file in ENCODER_FILES.items():
         if name in params:
             save_file(tw.resnet_to_torch(params[name], batch_stats.get(name, {})),
@@ -139,6 +144,10 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
         "image_size": config["data"]["image_size"],
         "question_max_tokens": config["data"]["question_max_tokens"],
         "max_answer_tokens": config["generation"]["max_answer_tokens"],
+        # TorchReAl registers ref onto main with these (real_jax.interop.torch_registration);
+        # defaults filled in and validated as the JAX model's RegistrationConfig. Configs
+        # written before registration existed have no data.register: null, as when it is off.
+        "registration": dataclasses.asdict(registration) if registration else None,
         "training_config": config,
     }
     (out / CONFIG_FILE).write_text(json.dumps(summary, indent=1, default=str))

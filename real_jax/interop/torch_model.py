@@ -6,6 +6,8 @@ divided by the std only), ResNet trunks (BatchNorm eps 1e-5, running statistics)
 projectors (pre-LN, LayerNorm eps 1e-6 as in Flax, tanh-GELU as Flax's `nn.gelu`), and GPT-2 over
 `[residual | ref | main | question (left-padded) | answer]` with position ids
 `max(cumsum(mask) - 1, 0)`. Greedy decoding matches `real_jax.generation.greedy_search`.
+A model trained with `data.register=True` first aligns ref to main, as the JAX model does
+(`torch_registration`, from config.json's `"registration"`).
 
     model = TorchReAl.load("exported")            # folder written by `python -m real_jax.export`
     answers = model.answer(ref, main, ["what has changed compared to the reference image?"])
@@ -33,6 +35,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from real_jax.interop.torch_registration import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -231,8 +235,15 @@ class TorchReAl(nn.Module):
         return model.eval()
 
     def encode(self, ref: Any, main: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`uint8[B, S, S]` x2 -> prefix `float[B, P, D]` and features `{name: [B, C, h, w]}`."""
-        ref, main = _as_tensor(ref, torch.float32) / 255.0, _as_tensor(main, torch.float32) / 255.0
+        """`uint8[B, S, S]` x2 -> prefix `float[B, P, D]` and features `{name: [B, C, h, w]}`.
+
+        With a `"registration"` config (models trained with `data.register`), `ref` is first
+        aligned to `main` (`torch_registration.register`), for both its encoder and the residual.
+        """
+        ref, main = _as_tensor(ref, torch.float32), _as_tensor(main, torch.float32)
+        if self.config.get("registration"):
+            ref, _ = register(ref, main, self.config["registration"])
+        ref, main = ref / 255.0, main / 255.0
         gray3 = lambda x: x[:, None].expand(-1, 3, -1, -1)
         pair = (gray3(torch.cat([ref, main])) - self.mean) / self.std
         image_features = resnet_features(self.image_encoder, pair)

@@ -1,10 +1,25 @@
-"""Random weights and small torch models shared by the interop tests."""
+"""Random weights, small torch models and a tiny random-weight ReAl shared by the interop tests."""
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 import torch
+
+from data_pipeline.tokenizer import Tokenizer
+from real_jax.models import build_model
+from real_jax.registration import config_from_data_config
+from real_jax.train_step import model_args
+
+QUESTIONS = ["what has changed compared to the reference image?",
+             "is there any change in the lung opacity?",
+             "what has changed in the left lung?"]
+ANSWERS = ["the main image has an additional finding of pneumothorax than the reference image.",
+           "the main image is missing the findings of fracture, lung opacity, and pleural "
+           "effusion than the reference image.", "nothing has changed."]
 
 
 def random_like(tree: Mapping[str, Any], seed: int) -> dict:
@@ -47,3 +62,51 @@ def randomize_batch_norm(module: torch.nn.Module, seed: int) -> None:
 
 def numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def left_pad(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows -> left-padded `int32[N, length]` ids and mask (truncated to `length`)."""
+    ids, mask = np.full((len(rows), length), pad, np.int32), np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        ids[i, length - len(row):], mask[i, length - len(row):] = row, 1
+    return ids, mask
+
+
+def tiny_real(root: Path, config: ml_collections.ConfigDict,
+              images: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """A ReAl built from `config` (registration from `config.data`, as training builds it) with
+    random weights, a tokenizer trained on QUESTIONS + ANSWERS saved under `root/data` (which
+    becomes `config.data.dir`), and a 3-example batch.
+
+    `images`: `(ref, main)` `uint8[3, S, S]`; default: random noise and a noisy copy.
+    Returns `{"model", "config", "tokenizer", "batch", "variables"}`.
+    """
+    config.data.dir = str(root / "data")
+    tokenizer = Tokenizer.train(QUESTIONS + ANSWERS, vocab_size=300)
+    tokenizer.save(root / "data" / "tokenizer")
+    (root / "data" / "prepare.json").write_text("{}")  # what load_tokenizer checks for
+    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id,
+                        config_from_data_config(config.data))
+
+    size, lq, la = config.data.image_size, config.data.question_max_tokens, 8
+    if images is None:
+        rng = np.random.default_rng(0)
+        ref = rng.integers(0, 256, (3, size, size), dtype=np.uint8)
+        main = np.clip(ref.astype(int) + rng.integers(-60, 60, ref.shape), 0, 255).astype(np.uint8)
+    else:
+        ref, main = images
+    q_ids, q_mask = left_pad(tokenizer.encode_batch(QUESTIONS), lq, tokenizer.pad_id)
+    answers = [a[: la - 1] + [tokenizer.eos_id] for a in tokenizer.encode_batch(ANSWERS)]
+    a_ids = np.full((3, la), tokenizer.pad_id, np.int32)
+    a_mask = np.zeros((3, la), np.int32)
+    for i, a in enumerate(answers):
+        a_ids[i, : len(a)], a_mask[i, : len(a)] = a, 1
+    batch = {"ref": ref, "main": main, "question_ids": q_ids, "question_mask": q_mask,
+             "answer_ids": a_ids, "answer_mask": a_mask}
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *model_args(batch),
+                                               train=False))
+    params, batch_stats = random_like(shapes["params"], 1), random_like(shapes["batch_stats"], 2)
+    return {"model": model, "config": config, "tokenizer": tokenizer, "batch": batch,
+            "variables": {"params": params, "batch_stats": batch_stats}}

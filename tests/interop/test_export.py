@@ -17,7 +17,6 @@ import torch
 from safetensors.numpy import load_file
 
 from configs.real import get_config
-from data_pipeline.tokenizer import Tokenizer
 from real_jax.checkpointing import Checkpointer
 from real_jax.export import main as export_main
 from real_jax.generation import make_generate_fn, strip_after_eos
@@ -28,55 +27,19 @@ from real_jax.interop.torch_model import (
     TorchReAl,
     sincos_2d_positions,
 )
-from real_jax.models import build_model
 from real_jax.models.projector import sincos_2d_positions as jax_sincos
 from real_jax.optim import make_optimizer
 from real_jax.train_step import TrainState, model_args
-from tests.interop.helpers import random_like
-
-QUESTIONS = ["what has changed compared to the reference image?",
-             "is there any change in the lung opacity?",
-             "what has changed in the left lung?"]
-ANSWERS = ["the main image has an additional finding of pneumothorax than the reference image.",
-           "the main image is missing the findings of fracture, lung opacity, and pleural "
-           "effusion than the reference image.", "nothing has changed."]
-
-
-def _left_pad(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask = np.full((len(rows), length), pad, np.int32), np.zeros((len(rows), length), np.int32)
-    for i, row in enumerate(rows):
-        row = row[:length]
-        ids[i, length - len(row):], mask[i, length - len(row):] = row, 1
-    return ids, mask
+from tests.interop.helpers import ANSWERS, QUESTIONS, tiny_real
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A workdir with one checkpoint of random tiny-ReAl weights, exported through the CLI."""
     root = tmp_path_factory.mktemp("export")
-    config = get_config("tiny")
-    config.data.dir = str(root / "data")
-    tokenizer = Tokenizer.train(QUESTIONS + ANSWERS, vocab_size=300)
-    tokenizer.save(root / "data" / "tokenizer")
-    (root / "data" / "prepare.json").write_text("{}")  # what load_tokenizer checks for
-    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id)
-
-    size, lq, la = config.data.image_size, config.data.question_max_tokens, 8
-    rng = np.random.default_rng(0)
-    ref = rng.integers(0, 256, (3, size, size), dtype=np.uint8)
-    main = np.clip(ref.astype(int) + rng.integers(-60, 60, ref.shape), 0, 255).astype(np.uint8)
-    q_ids, q_mask = _left_pad(tokenizer.encode_batch(QUESTIONS), lq, tokenizer.pad_id)
-    answers = [a[: la - 1] + [tokenizer.eos_id] for a in tokenizer.encode_batch(ANSWERS)]
-    a_ids = np.full((3, la), tokenizer.pad_id, np.int32)
-    a_mask = np.zeros((3, la), np.int32)
-    for i, a in enumerate(answers):
-        a_ids[i, : len(a)], a_mask[i, : len(a)] = a, 1
-    batch = {"ref": ref, "main": main, "question_ids": q_ids, "question_mask": q_mask,
-             "answer_ids": a_ids, "answer_mask": a_mask}
-
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *model_args(batch),
-                                               train=False))
-    params, batch_stats = random_like(shapes["params"], 1), random_like(shapes["batch_stats"], 2)
+    tiny = tiny_real(root, get_config("tiny"))
+    config, variables = tiny["config"], tiny["variables"]
+    params, batch_stats = variables["params"], variables["batch_stats"]
     tx, _ = make_optimizer(config.optim, 10)
     opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
     state = TrainState(step=np.int32(7), params=params, batch_stats=batch_stats,
@@ -89,9 +52,7 @@ def exported(tmp_path_factory):
 
     out = root / "torch_out"
     export_main(["--workdir", str(workdir), "--out", str(out)])
-    return {"model": model, "config": config, "tokenizer": tokenizer, "batch": batch,
-            "variables": {"params": params, "batch_stats": batch_stats}, "out": out,
-            "torch": TorchReAl.load(out)}
+    return {**tiny, "out": out, "torch": TorchReAl.load(out)}
 
 
 def test_export_layout(exported):
