@@ -1,6 +1,7 @@
 """Registration accuracy and cost on synthetic follow-up pairs with a known misalignment.
 
     python launch/bench_registration.py [--pairs 32] [--width 120] [--out launch/results/...]
+    python launch/bench_registration.py --train_step [--preset synthetic]
 
 Each pair is one synthetic subject drawn under two acquisitions (shift, rotation, scale, exposure
 and noise drawn per study; no finding changes), so the true transform is known
@@ -10,6 +11,9 @@ transform (mean distance between where the estimate and the truth send each pixe
 rotation error in degrees), the mean absolute residual |main - ref| of the unchanged anatomy
 (8 px border excluded) before registration, after it, and with the true transform (the floor
 left by noise and exposure differences), and the time per pair on this machine.
+
+`--train_step` instead times the preset's jitted train step (`real_jax.bench.bench_jax`) without
+and with `data.register`, in one process, and prints both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -74,6 +78,27 @@ def run(pairs: int, width: int, scales: list[float], transforms: list[str]) -> l
     return rows
 
 
+def train_step_cost(preset: str, steps: int) -> dict:
+    from configs.real import get_config
+    from real_jax.bench import bench_jax, measure_peak_flops
+
+    peak = measure_peak_flops(jnp.float32)
+    rates = {}
+    for register in (False, True):
+        config = get_config(preset)
+        config.data.register = register
+        result = bench_jax(config, vocab_size=512, steps=steps, warmup=2, decode=False,
+                           peak=peak)
+        rates[register] = result["samples_per_s"]
+        print(f"{preset}, data.register={register}: {result['samples_per_s']:.1f} samples/s "
+              f"({1000 * result['step_s']:.0f} ms per step of {config.train.global_batch_size}"
+              f" at {config.data.image_size} px)", flush=True)
+    ratio = rates[True] / rates[False]
+    print(f"with registration / without: {ratio:.2f}x the throughput")
+    return {"preset": preset, "samples_per_s_without": rates[False],
+            "samples_per_s_with": rates[True], "ratio": ratio}
+
+
 def print_row(r: dict) -> None:
     print(f"| {r['misalignment']:.0f}x ({r['misalignment_px_mean']:.1f} px) | {r['transform']} "
           f"| {r['error_px_mean']:.3f} / {r['error_px_max']:.3f} "
@@ -89,8 +114,14 @@ def main() -> None:
     parser.add_argument("--scales", default="1,2,4")
     parser.add_argument("--transforms", default="rigid,similarity,affine")
     parser.add_argument("--out", default="launch/results/registration_cpu.json")
+    parser.add_argument("--train_step", action="store_true")
+    parser.add_argument("--preset", default="synthetic")
+    parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     print(f"devices: {jax.devices()}")
+    if args.train_step:
+        train_step_cost(args.preset, args.steps)
+        return
     print("| misalignment (mean px) | transform | error px mean / max | error deg mean / max "
           "| mean abs residual, 0-255 | ms per pair |")
     print("|---|---|---|---|---|---|")
