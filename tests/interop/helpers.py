@@ -110,3 +110,21 @@ def tiny_real(root: Path, config: ml_collections.ConfigDict,
     params, batch_stats = random_like(shapes["params"], 1), random_like(shapes["batch_stats"], 2)
     return {"model": model, "config": config, "tokenizer": tokenizer, "batch": batch,
             "variables": {"params": params, "batch_stats": batch_stats}}
+
+
+def assert_same_greedy_tokens(model: Any, variables: Any, torch_model: Any, batch: Mapping,
+                              max_new_tokens: int, eos_id: int) -> np.ndarray:
+    """JAX and PyTorch greedy decoding of `batch` give the same tokens (and not only EOS, which
+    would make the comparison vacuous). Returns the JAX tokens `int32[B, max_new_tokens]`."""
+    import jax.numpy as jnp
+
+    from real_jax.generation import make_generate_fn
+
+    generate = make_generate_fn(model, method="greedy", max_new_tokens=max_new_tokens,
+                                eos_id=eos_id)
+    jax_tokens = np.asarray(generate(variables, {k: jnp.asarray(v) for k, v in batch.items()}))
+    torch_tokens = torch_model.generate(batch["ref"], batch["main"], batch["question_ids"],
+                                        batch["question_mask"], max_new_tokens).numpy()
+    assert (jax_tokens != eos_id).any(), "random weights answered with EOS only: test is vacuous"
+    np.testing.assert_array_equal(torch_tokens, jax_tokens)
+    return jax_tokens

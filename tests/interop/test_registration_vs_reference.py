@@ -21,13 +21,12 @@ import torch
 from configs.real import get_config
 from data_pipeline import synthetic_images as si
 from real_jax import registration as reg
-from real_jax.generation import make_generate_fn
 from real_jax.interop import export as ex
 from real_jax.interop import torch_model
 from real_jax.interop import torch_registration as treg
 from real_jax.interop.torch_model import TorchReAl
 from real_jax.train_step import model_args
-from tests.interop.helpers import tiny_real
+from tests.interop.helpers import assert_same_greedy_tokens, tiny_real
 
 WIDTH = 120  # 144 x 120: the renderer's aspect exactly, so the true transforms apply
 
@@ -215,14 +214,9 @@ def test_exported_registered_model_reproduces_jax_logits_and_answers(registered_
           f"without registration in PyTorch {unregistered[valid].max():.2e}")
     assert unregistered[valid].max() > 10 * 3e-3  # measured 0.09: the test sees registration
 
-    max_new = registered_export["config"].generation.max_answer_tokens
-    eos = registered_export["tokenizer"].eos_id
-    generate = make_generate_fn(model, method="greedy", max_new_tokens=max_new, eos_id=eos)
-    jax_tokens = np.asarray(generate(variables, {k: jnp.asarray(v) for k, v in batch.items()}))
-    torch_tokens = torch_model_.generate(batch["ref"], batch["main"], batch["question_ids"],
-                                         batch["question_mask"], max_new).numpy()
-    assert (jax_tokens != eos).any(), "random weights answered with EOS only: test is vacuous"
-    np.testing.assert_array_equal(torch_tokens, jax_tokens)
+    assert_same_greedy_tokens(model, variables, torch_model_, batch,
+                              registered_export["config"].generation.max_answer_tokens,
+                              registered_export["tokenizer"].eos_id)
 
 
 def test_unregistered_export_writes_null_and_never_registers(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from data_pipeline.image_files import ImageFileError
 from real_jax import predict
 from real_jax.evaluation.heatmap import heatmap_figure_size
 from real_jax.predict import DEFAULT_QUESTION, Predictor, predict_pairs, read_pairs_csv
+from tests.dicom_files import make_dicom, save_dicom
 
 
 @pytest.fixture(scope="module")
@@ -23,36 +24,17 @@ def write_dicom(path: Path, pixels: np.ndarray, *, monochrome1: bool = False,
                 twelve_bit: bool = False) -> Path:
     """A DICOM that displays as `pixels` (uint8[H, W]): 8-bit as is, or 12-bit stored values
     with a rescale and a window that maps them back; MONOCHROME1 stores the inverse."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
     shown = 255 - pixels if monochrome1 else pixels
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.PixelRepresentation = 0
+    photometric = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     if twelve_bit:
         # Stored s -> value 2 s - 1000 = 16 p + 8 for display value p; the window [0, 4096)
         # maps that back to p.
-        stored = shown.astype(np.uint16) * 8 + 504
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
-        ds.WindowCenter, ds.WindowWidth = 2048, 4096
-        ds.PixelData = stored.astype(np.uint16).tobytes()
+        ds = make_dicom(shown.astype(np.uint16) * 8 + 504, photometric=photometric,
+                        bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000,
+                        WindowCenter=2048, WindowWidth=4096)
     else:
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-        ds.PixelData = shown.astype(np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+        ds = make_dicom(shown, photometric=photometric)
+    return Path(save_dicom(ds, path))
 
 
 def test_dicom_gives_the_same_answer_as_the_same_pixels_as_png(predictor, study_images,
