@@ -184,7 +184,8 @@ class Predictor:
 
 
 def read_pairs_csv(path: str | Path) -> list[dict[str, str]]:
-    """Rows `{id, ref, main, question}` of a pairs csv; relative paths resolved from its folder."""
+    """Rows `{id, ref, main, question}` of a pairs csv; relative paths resolved from its folder.
+    A row without both images carries an `error` and is reported, not answered."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such pairs csv")
@@ -197,12 +198,16 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, str]]:
         rows = []
         for number, row in enumerate(reader, start=2):  # line 1 is the header
             resolve = lambda p: str(p if Path(p).is_absolute() else path.parent / p)
-            rows.append({
+            ref, main = ((row.get(key) or "").strip() for key in ("ref", "main"))
+            out = {
                 "id": (row.get("id") or "").strip() or f"line{number}",
-                "ref": resolve((row.get("ref") or "").strip()),
-                "main": resolve((row.get("main") or "").strip()),
+                "ref": resolve(ref) if ref else "",
+                "main": resolve(main) if main else "",
                 "question": (row.get("question") or "").strip() or DEFAULT_QUESTION,
-            })
+            }
+            if not (ref and main):
+                out["error"] = f"{path} line {number}: empty ref or main"
+            rows.append(out)
     return rows
 
 
@@ -212,6 +217,10 @@ def predict_pairs(predictor: Predictor, rows: Sequence[dict[str, str]], output: 
     counted). Returns `(answered, failed)`."""
     pairs, kept, results = [], [], []
     for row in rows:
+        if "error" in row:
+            logging.error("pair %s skipped: %s", row["id"], row["error"])
+            results.append(dict(row))
+            continue
         try:
             pairs.append(predictor.prepare(row["ref"], row["main"], row["question"]))
             kept.append(row)

@@ -95,14 +95,16 @@ def test_batch_mode_writes_one_line_per_row_and_counts_the_failures(predictor, s
         "b,ref.png,main.png,what has changed in the main image?\n"
         "c,ref.png,missing.png,\n"
         "d,notes.png,main.png,\n"
-        "e,main.png,ref.png,\n")
+        "e,main.png,ref.png,\n"
+        "f,ref.png,,\n")
     rows = read_pairs_csv(tmp_path / "pairs.csv")
     answered, failed = predict_pairs(predictor, rows, tmp_path / "out.jsonl",
                                      heatmap_dir=tmp_path / "maps")
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert (answered, failed) == (3, 2)
+    assert (answered, failed) == (3, 3)
     by_id = {line["id"]: line for line in lines}
-    assert sorted(by_id) == ["a", "b", "c", "d", "e"]
+    assert sorted(by_id) == ["a", "b", "c", "d", "e", "f"]
+    assert "line 7: empty ref or main" in by_id["f"]["error"]
     assert by_id["a"]["question"] == DEFAULT_QUESTION
     assert "missing.png" in by_id["c"]["error"] and "no such file" in by_id["c"]["error"]
     assert "notes.png" in by_id["d"]["error"]
