@@ -28,7 +28,7 @@ from real_jax.evaluation import (
 )
 from real_jax.generation import make_generate_fn, strip_after_eos
 from real_jax.models.real import ReAl
-from real_jax.registration import register
+from real_jax.registration import make_align_fn
 
 GENERATION_KEYS = ("ref", "main", "question_ids", "question_mask", "index", "valid")
 
@@ -45,9 +45,8 @@ class Evaluator:
         self.split = split
         self.records = load_records(config.data.dir, split)
         # The figure shows the residual the model saw: of the registered reference, if any.
-        self.register = None
-        if model.registration is not None:
-            self.register = jax.jit(lambda r, m: register(r, m, model.registration)[0])
+        self.register = (make_align_fn(model.registration) if model.registration is not None
+                         else None)
         self.generate = make_generate_fn(
             model,
             method=generation.method,
@@ -135,7 +134,6 @@ class Evaluator:
         if score and jax.process_count() > 1:
             metrics = _share_best_metric(metrics, self.config.train.best_metric)
         return metrics
-
 
     def _figure_ref(self, images: dict[str, np.ndarray]) -> np.ndarray:
         if self.register is None:

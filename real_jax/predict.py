@@ -44,7 +44,7 @@ from real_jax.evaluation.heatmap import save_heatmap_figure
 from real_jax.generation import make_generate_fn, strip_after_eos
 from real_jax.models import ReAl, build_model
 from real_jax.optim import make_optimizer
-from real_jax.registration import config_from_data_config, register
+from real_jax.registration import config_from_data_config, make_align_fn
 from real_jax.saliency import make_saliency_fn
 from real_jax.train_step import abstract_train_state, example_batch
 
@@ -82,9 +82,8 @@ class Predictor:
             eos_id=tokenizer.eos_id, beam_size=generation.beam_size,
             length_penalty=generation.length_penalty)
         self._saliency = None
-        self._register = None
-        if model.registration is not None:
-            self._register = jax.jit(lambda r, m: register(r, m, model.registration)[0])
+        self._register = (make_align_fn(model.registration) if model.registration is not None
+                          else None)
 
     @classmethod
     def load(cls, workdir: str | Path, *, step: int | None = None, best: bool = False,

@@ -22,6 +22,7 @@ No gradient flows through the estimate into the model.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -186,6 +187,13 @@ def register(ref: jnp.ndarray, main: jnp.ndarray, config: RegistrationConfig
     return jax.lax.stop_gradient(aligned), jax.lax.stop_gradient(params)
 
 
+def make_align_fn(config: RegistrationConfig) -> Callable[[jnp.ndarray, jnp.ndarray],
+                                                          jnp.ndarray]:
+    """`align(ref, main) -> aligned ref float32[B, H, W]`, jitted: `register` without the
+    parameters, for drawing the residual the model saw."""
+    return jax.jit(lambda ref, main: register(ref, main, config)[0])
+
+
 def rotation_degrees(matrix: jnp.ndarray) -> jnp.ndarray:
     """The rotation angle of `float32[..., 2, 2]` transforms, in degrees."""
     return jnp.degrees(jnp.arctan2(matrix[..., 0, 1] - matrix[..., 1, 0],
@@ -202,6 +210,6 @@ def mean_displacement_px(matrix_a: jnp.ndarray, shift_a: jnp.ndarray, matrix_b: 
 
 __all__ = [
     "TRANSFORMS", "RegistrationConfig", "config_from_data_config", "estimate_transform",
-    "mean_displacement_px", "ncc", "physical_grid", "register", "rotation_degrees",
+    "make_align_fn", "mean_displacement_px", "ncc", "physical_grid", "register", "rotation_degrees",
     "transform_matrix", "warp",
 ]
