@@ -20,8 +20,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
+# Train and validate, score the test split, then print how it went and what to run next.
 demo: $(STAMP)
 	$(PY) -m real_jax.main --config=configs/real.py:synthetic --workdir=runs/synthetic
+	$(PY) -m real_jax.main --config=configs/real.py:synthetic --workdir=runs/synthetic \
+		--mode=evaluate --split=test
+	$(PY) -m real_jax.summary --workdir=runs/synthetic --config=configs/real.py:synthetic
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -60,6 +60,20 @@ def paper_config() -> ml_collections.ConfigDict:
     config.model.projector_dropout = 0.1
     config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     config.model.blank_images = False  # control: zero images -> text-only prior
+    # Activation checkpointing (ours): the backward pass recomputes each ResNet bottleneck's and
+    # GPT-2 block's activations from the block's input instead of keeping them. Same loss and
+    # gradients; 1.28x the FLOPs; peak memory -13% at per-device batch 64 by XLA:CPU's estimate
+    # (launch/memory_table.py, launch/results/memory_paper_config.json).
+    config.model.remat = False
+    # Align ref to main (a transform estimated in JAX inside the model's forward pass) before
+    # the residual; ours, off as in the paper (README, "Registration").
+    config.model.register = False
+    config.model.registration = ml_collections.ConfigDict()
+    config.model.registration.transform = "similarity"  # rigid | similarity | affine
+    config.model.registration.levels = 3
+    config.model.registration.steps = 20  # Adam steps per level
+    config.model.registration.learning_rate = 0.02
+    config.model.registration.min_size = 16
     config.model.decoder = ml_collections.ConfigDict()
     config.model.decoder.n_layer = 12  # GPT-2 124M
     config.model.decoder.n_embd = 768
@@ -75,6 +89,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.loss.consistency_image_target = "detached"  # detached | trainable (see losses.py)
 
     config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"  # adamw | sgd (plain SGD, same schedule; equivalence tests)
     config.optim.learning_rate = 1e-4
     config.optim.warmup_steps = 1000  # ours
     config.optim.end_learning_rate_fraction = 0.01  # cosine decays to this fraction; ours
@@ -112,15 +127,6 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.jitter = True
     config.data.eval_limit = -1  # > 0: evaluate on the first N examples only
     config.data.max_bad_images = 100  # unreadable training records/images skipped (per process)
-    # Align ref to main (similarity transform, estimated in JAX) before the residual; ours, off
-    # as in the paper (README, "Registration").
-    config.data.register = False
-    config.data.registration = ml_collections.ConfigDict()
-    config.data.registration.transform = "similarity"  # rigid | similarity | affine
-    config.data.registration.levels = 3
-    config.data.registration.steps = 20  # Adam steps per level
-    config.data.registration.learning_rate = 0.02
-    config.data.registration.min_size = 16
     # When set, `data.dir` is prepared from a synthetic dataset generated into this directory if
     # either is absent (the demo); empty for real data, which `data_pipeline.prepare` prepares.
     config.data.synthetic_source = ""
@@ -134,24 +140,28 @@ def paper_config() -> ml_collections.ConfigDict:
     config.generation = ml_collections.ConfigDict()
     config.generation.method = "greedy"  # greedy | beam
     config.generation.beam_size = 4
-    config.generation.length_penalty = 0.0
-    config.generation.max_answer_tokens = 90
+    config.generation.length_penalty = 0.0  # GNMT alpha: logp / ((5 + len) / 6) ** alpha; ours
+    config.generation.answer_max_tokens = 90
 
     config.pretrained = ml_collections.ConfigDict()
-    config.pretrained.resnet50 = ""  # torchvision resnet50 state_dict (.pth or .safetensors)
-    config.pretrained.gpt2_dir = ""  # HF GPT-2 directory (save_pretrained layout + tokenizer)
+    # The paper fine-tunes ImageNet ResNet-50s and GPT-2: `python -m real_jax.pretrained --out
+    # weights` writes both here. Empty: train from scratch.
+    config.pretrained.resnet50 = "weights/resnet50_imagenet.safetensors"  # torchvision state_dict
+    config.pretrained.gpt2_dir = "weights/gpt2"  # HF GPT-2 directory (weights + tokenizer)
     return config
 
 
 def apply_synthetic(config: ml_collections.ConfigDict) -> None:
     """The CPU demo: a small model on the generated synthetic dataset (README, Quick start)."""
+    config.pretrained.resnet50 = ""  # small encoders and decoder, from scratch
+    config.pretrained.gpt2_dir = ""
     config.data.dir = "runs/synthetic_data/prepared"
     config.data.synthetic_source = "runs/synthetic_data/raw"
     config.data.question_types = ("difference",)
     config.data.image_size = 96
     config.data.question_max_tokens = 24
     config.data.answer_max_tokens = 64
-    config.generation.max_answer_tokens = 63
+    config.generation.answer_max_tokens = 63
     config.data.num_workers = 0
     config.data.eval_limit = 256
     config.eval.batch_size = 64
@@ -182,7 +192,7 @@ def apply_tiny(config: ml_collections.ConfigDict) -> None:
     config.data.eval_limit = 16
     config.eval.batch_size = 8
     config.eval.num_figure_examples = 2
-    config.generation.max_answer_tokens = 24
+    config.generation.answer_max_tokens = 24
     config.model.num_queries = 4
     config.model.projector_width = 32
     config.model.projector_heads = 2

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import ml_collections
 import numpy as np
 
 from data_pipeline.images import ImageDecodeError, decode_gray, pair_crop, photometric_jitter
@@ -294,26 +295,35 @@ class _HostRows(grain.MapDataset):
 def _mark_flags_parsed() -> None:
     from absl import flags
 
-    if not flags.FLAGS.is_parsed():  # grain's mp_prefetch reads absl flags (DESIGN.md section 4)
+    # grain's mp_prefetch reads absl flags (docs/design.md section 4)
+    if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
+def _types(data: ml_collections.ConfigDict) -> list[str] | None:
+    return list(data.question_types) or None
+
+
 def make_train_iterator(
-    data_dir: str | Path, split: str, *, global_batch_size: int, image_size: int,
-    question_max_tokens: int, answer_max_tokens: int, tokenizer: Tokenizer, seed: int,
-    shard_index: int, shard_count: int, num_workers: int, question_types=None,
-    jitter: bool = True, max_bad_images: int = 100,
+    data: ml_collections.ConfigDict, tokenizer: Tokenizer, *, global_batch_size: int, seed: int,
+    shard_index: int = 0, shard_count: int = 1,
 ) -> grain.DatasetIterator:
     """Infinite per-host training iterator (checkpointable grain DatasetIterator).
 
-    The whole split (optionally only `question_types`) is shuffled every epoch (seed) into one
-    global sequence of examples, each with its own random crop and jitter (seeded by its global
-    position); global batch k is elements [k*G, (k+1)*G) of it, and host `shard_index` yields
-    rows [shard_index*P, (shard_index+1)*P) of every global batch (P = G // shard_count). So the
+    `data` is the config's data section: the split `data.train_split` of `data.dir`, selected by
+    `data.question_types`, cropped to `data.image_size` (jittered if `data.jitter`), tokenised to
+    `data.question_max_tokens` / `data.answer_max_tokens`, with `data.num_workers` grain workers
+    and `data.max_bad_images` unreadable records skipped before it gives up.
+
+    The whole split is shuffled every epoch (seed) into one global sequence of examples, each
+    with its own random crop and jitter (seeded by its global position); global batch k is
+    elements [k*G, (k+1)*G) of it, and host `shard_index` yields rows
+    [shard_index*P, (shard_index+1)*P) of every global batch (P = G // shard_count). So the
     global batch (hosts' batches concatenated in process order, as the data-parallel mesh lays
     them out) is the same for any number of hosts, and each host decodes only its own rows.
-    num_workers > 0 uses grain mp_prefetch.
     """
+    data_dir, split, question_types = data.dir, data.train_split, _types(data)
+    question_max_tokens, answer_max_tokens = data.question_max_tokens, data.answer_max_tokens
     per_host = _per_host(global_batch_size, shard_index, shard_count)
     src = _source(data_dir, split)
     idx = _select(data_dir, split, question_types, len(src))
@@ -324,31 +334,33 @@ def make_train_iterator(
     if trunc["question_truncated"] or trunc["answer_truncated"]:
         log.warning("%s/%s: %s (Lq=%d, La=%d)", data_dir, split, trunc, question_max_tokens,
                     answer_max_tokens)
-    transform = PairTransform(tokenizer, image_size, question_max_tokens, answer_max_tokens,
-                              train=True, jitter=jitter, max_bad_images=max_bad_images)
+    transform = PairTransform(tokenizer, data.image_size, question_max_tokens, answer_max_tokens,
+                              train=True, jitter=data.jitter, max_bad_images=data.max_bad_images)
     ds = grain.MapDataset.source(_Subset(src, idx)).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(transform, seed=seed * 1000)
     ds = _HostRows(ds, per_host, shard_index, shard_count)
     it_ds = ds.to_iter_dataset().batch(per_host, drop_remainder=True)
-    if num_workers > 0:
+    if data.num_workers > 0:
         _mark_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
     it = iter(it_ds)
     it.truncations = trunc  # exact counts over the split, for the training log
     return it
 
 
 def make_eval_iterator(
-    data_dir: str | Path, split: str, *, batch_size: int, image_size: int,
-    question_max_tokens: int, answer_max_tokens: int, tokenizer: Tokenizer, shard_index: int,
-    shard_count: int, question_types=None, limit: int | None = None, num_workers: int = 0,
+    data: ml_collections.ConfigDict, tokenizer: Tokenizer, *, split: str, batch_size: int,
+    shard_index: int = 0, shard_count: int = 1, num_workers: int = 0,
 ) -> grain.DatasetIterator:
-    """One pass over the split (first `limit` selected records), in order, center crops.
+    """One pass over `split` of `data.dir` (the first `data.eval_limit` selected records when
+    > 0), in order, center crops; the other settings as in `make_train_iterator`.
 
     `batch_size` is global: each host gets batch_size // shard_count examples per batch, from
     the strided shard `selected[shard_index::shard_count]`; every host yields the same number of
     batches, padded with valid=False examples (index -1).
     """
+    data_dir, question_types = data.dir, _types(data)
+    limit = data.eval_limit if data.eval_limit > 0 else None
     per_host = _per_host(batch_size, shard_index, shard_count)
     src = _source(data_dir, split)
     idx = _select(data_dir, split, question_types, len(src))
@@ -357,8 +369,8 @@ def make_eval_iterator(
     n_batches = math.ceil(math.ceil(len(idx) / shard_count) / per_host)
     host_idx = idx[shard_index::shard_count]
     host_idx = np.concatenate([host_idx, -np.ones(n_batches * per_host - len(host_idx), np.int64)])
-    transform = PairTransform(tokenizer, image_size, question_max_tokens, answer_max_tokens,
-                              train=False)
+    transform = PairTransform(tokenizer, data.image_size, data.question_max_tokens,
+                              data.answer_max_tokens, train=False)
     ds = grain.MapDataset.source(_Subset(src, host_idx)).map(transform.map).batch(per_host)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:

@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from data_pipeline.images import DEFAULT_MAX_PIXELS
@@ -117,25 +118,52 @@ def _validate(rec: dict) -> str | None:
     return None
 
 
-def _fingerprint(args: argparse.Namespace) -> dict:
+def _fingerprint(questions: Path, images: Path, metadata: Path, question_types, resize_shorter: int,
+                 max_pixels: int, vocab_size: int) -> dict:
     def stat(p):
         s = Path(p).stat()
         return {"path": str(Path(p).resolve()), "size": s.st_size, "mtime": s.st_mtime}
 
-    return {"questions": stat(args.questions), "metadata": stat(args.metadata),
-            "images": str(Path(args.images).resolve()),
-            "question_types": sorted(args.question_types or []),
-            "resize_shorter": args.resize_shorter, "max_pixels": args.max_pixels,
-            "vocab_size": args.vocab_size}
+    return {"questions": stat(questions), "metadata": stat(metadata),
+            "images": str(Path(images).resolve()),
+            "question_types": sorted(question_types or []),
+            "resize_shorter": resize_shorter, "max_pixels": max_pixels,
+            "vocab_size": vocab_size}
 
 
-def prepare(args: argparse.Namespace) -> dict:
-    """Run ingestion; returns the manifest (counts included)."""
-    out = Path(args.out)
-    fp = _fingerprint(args)
+def prepare(*, questions: str | Path, images: str | Path, metadata: str | Path, out: str | Path,
+            question_types: Sequence[str] | None = None, resize_shorter: int = 544,
+            max_pixels: int = DEFAULT_MAX_PIXELS, vocab_size: int = 2000,
+            workers: int | None = None, force: bool = False) -> dict:
+    """Runs ingestion (module docstring); returns the manifest (counts included).
+
+    Args:
+      questions, images, metadata: `mimic_pair_questions.csv`, the MIMIC-CXR-JPG root (holds
+        `files/`), `mimic-cxr-2.0.0-metadata.csv[.gz]`.
+      out: the prepared data directory.
+      question_types: the subset of `vocab.QUESTION_TYPES` to keep (default all).
+      resize_shorter: stored shorter side in px, a little above the crop (544 for 512).
+      max_pixels: source images above this many pixels are refused (decompression bombs).
+      vocab_size: size of the BPE vocabulary trained on the train split.
+      workers: decode processes (default all cores).
+      force: rebuild even if the inputs and options are unchanged.
+    Raises:
+      FileNotFoundError: an input does not exist. ValueError: unknown question types.
+    """
+    question_types = list(question_types) if question_types else None
+    unknown = set(question_types or ()) - set(QUESTION_TYPES)
+    if unknown:
+        raise ValueError(f"unknown question types {sorted(unknown)}; choose from "
+                         f"{QUESTION_TYPES}")
+    for name, path in (("questions", questions), ("metadata", metadata), ("images", images)):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{name}: {path} does not exist")
+    out = Path(out)
+    fp = _fingerprint(questions, images, metadata, question_types, resize_shorter, max_pixels,
+                      vocab_size)
     key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
     manifest_path = out / MANIFEST
-    if manifest_path.exists() and not args.force:
+    if manifest_path.exists() and not force:
         m = json.loads(manifest_path.read_text())
         if m.get("key") == key and (out / BUILDER_DIR).is_dir():
             print(f"{out} already prepared from these inputs; reusing it (--force rebuilds)")
@@ -149,12 +177,12 @@ def prepare(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    dicoms = select_frontal(args.metadata)
-    rows_by_split, bad, excluded = read_questions(args.questions, args.question_types, dicoms)
-    images = Path(args.images)
+    dicoms = select_frontal(metadata)
+    rows_by_split, bad, excluded = read_questions(questions, question_types, dicoms)
+    image_root = Path(images)
 
     def path_of(subject: int, study: int) -> Path:
-        return image_path(images, subject, study, dicoms[study])
+        return image_path(image_root, subject, study, dicoms[study])
 
     report = open(out / REPORT, "w", newline="")  # noqa: SIM115 (closed in the finally below)
     writer = csv.writer(report)
@@ -174,12 +202,12 @@ def prepare(args: argparse.Namespace) -> dict:
 
     from data_pipeline.tfds_builder import MimicDiffVqa
 
-    workers = args.workers or os.cpu_count() or 1
+    workers = workers or os.cpu_count() or 1
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         builder = MimicDiffVqa(
             data_dir=str(out), rows_by_split=rows_by_split, image_path=path_of, pool=pool,
-            resize_shorter=args.resize_shorter, max_pixels=args.max_pixels,
+            resize_shorter=resize_shorter, max_pixels=max_pixels,
             on_bad_row=on_bad_row, index_dir=str(out / "index"))
         try:
             builder.download_and_prepare(
@@ -198,7 +226,7 @@ def prepare(args: argparse.Namespace) -> dict:
             pool.join()
 
     train_text = (t for r in rows_by_split["train"] for t in (r["question"], r["answer"]))
-    tok = Tokenizer.train(train_text, vocab_size=args.vocab_size)
+    tok = Tokenizer.train(train_text, vocab_size=vocab_size)
     tok.save(out / "tokenizer")
 
     ingested = {s: builder.info.splits[s].num_examples if s in builder.info.splits else 0
@@ -224,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--images", required=True, help="MIMIC-CXR-JPG root (holds files/)")
     ap.add_argument("--metadata", required=True, help="mimic-cxr-2.0.0-metadata.csv[.gz]")
     ap.add_argument("--out", required=True, help="prepared data directory")
-    ap.add_argument("--question_types", default=None,
+    ap.add_argument("--question_types", default=None, type=lambda s: s.split(","),
                     help=f"comma-separated subset of {','.join(QUESTION_TYPES)} (default: all)")
     ap.add_argument("--resize_shorter", type=int, default=544,
                     help="stored shorter side in px (a little above the crop; 544 for 512)")
@@ -233,20 +261,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vocab_size", type=int, default=2000, help="trained BPE vocabulary size")
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: all)")
     ap.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
-    a = ap.parse_args(argv)
-    if a.question_types:
-        a.question_types = [t.strip() for t in a.question_types.split(",") if t.strip()]
-        unknown = set(a.question_types) - set(QUESTION_TYPES)
-        if unknown:
-            ap.error(f"unknown --question_types {sorted(unknown)}; choose from {QUESTION_TYPES}")
-    for name in ("questions", "metadata", "images"):
-        if not Path(getattr(a, name)).exists():
-            ap.error(f"--{name} {getattr(a, name)} does not exist")
-    return a
+    return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    prepare(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The command line: parses, then calls `prepare`; bad inputs exit 2 with one message."""
+    args = parse_args(argv)
+    types = [t.strip() for t in args.question_types or () if t.strip()]
+    try:
+        prepare(**vars(args) | {"question_types": types or None})
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

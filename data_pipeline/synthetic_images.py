@@ -210,8 +210,8 @@ def misaligned_pair(width: int, rng: np.random.Generator, misalignment: float = 
     `misalignment` scales the main study's shift and rotation away from the usual follow-up
     range (`random_acquisition`). Returns `(ref uint8[H, W], main uint8[H, W], A float64[2, 2],
     t float64[2])` with `x_ref = A @ x_main + t` in physical coordinates (x across the width in
-    [-1, 1], y down the height, square pixels: `real_jax.registration`'s convention, which equals
-    this renderer's when H / W is exactly ASPECT, e.g. width 120).
+    [-1, 1], y down the height, square pixels: `real_jax.models.registration`'s convention, which
+    equals this renderer's when H / W is exactly ASPECT, e.g. width 120).
     """
     anatomy = random_anatomy(rng)
     acq_ref, acq_main = random_acquisition(rng), random_acquisition(rng)

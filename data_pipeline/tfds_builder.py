@@ -84,6 +84,18 @@ class MimicDiffVqa(tfds.core.GeneratorBasedBuilder):
             homepage="https://physionet.org/content/medical-diff-vqa/1.0.1/",
         )
 
+    # TFDS announces a download of "Unknown size" and then its "Subsequent calls will reuse this
+    # data"; nothing is downloaded here, so say what is really done instead.
+    def _log_download_bytes(self) -> None:
+        counts = ", ".join(f"{split} {len(rows)}" for split, rows in self._rows_by_split.items())
+        workers = getattr(self._pool, "_processes", 1) if self._pool else 1
+        print(f"writing question rows ({counts}) with their images resized to a shorter side "
+              f"of {self._shorter} px into {self.data_dir} ({workers} decode processes)",
+              flush=True)
+
+    def _log_download_done(self) -> None:
+        pass  # prepare() prints the counts of what was written and rejected
+
     def _split_generators(self, dl_manager):
         return {s: self._generate_examples(s, rows)
                 for s, rows in self._rows_by_split.items() if rows}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from configs.real import get_config  # noqa: E402
 from data_pipeline import prepare, synthetic  # noqa: E402
 from data_pipeline.pipeline import load_tokenizer, make_train_iterator  # noqa: E402
 
@@ -27,9 +28,9 @@ EST_STEP_S = 64 * 3 * 42.7e9 * 3 / (0.4 * 990e12)
 
 def bench(data_dir: str, workers: int, batch: int, batches: int, size: int) -> float:
     tok = load_tokenizer(data_dir)
-    it = make_train_iterator(data_dir, "train", global_batch_size=batch, image_size=size,
-                             question_max_tokens=32, answer_max_tokens=90, tokenizer=tok,
-                             seed=0, shard_index=0, shard_count=1, num_workers=workers)
+    data = get_config("paper").data
+    data.update(dict(dir=data_dir, image_size=size, num_workers=workers, question_types=()))
+    it = make_train_iterator(data, tok, global_batch_size=batch, seed=0)
     for _ in range(2):  # warm-up: worker start, first reads
         next(it)
     t = time.perf_counter()
@@ -54,10 +55,9 @@ def main() -> None:
         raw, data_dir = Path(a.work_dir) / "raw", str(Path(a.work_dir) / "prepared")
         if not (raw / synthetic.QUESTIONS_CSV).exists():
             print(synthetic.generate(raw, subjects=a.subjects, seed=0, image_size=576))
-        prepare.prepare(prepare.parse_args([
-            "--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
-            "--metadata", str(raw / synthetic.METADATA_CSV), "--out", data_dir,
-            "--resize_shorter", str(round(a.image_size * 1.0625))]))
+        prepare.prepare(questions=raw / synthetic.QUESTIONS_CSV, images=raw,
+                        metadata=raw / synthetic.METADATA_CSV, out=data_dir,
+                        resize_shorter=round(a.image_size * 1.0625))
     rates = {w: bench(data_dir, w, a.batch, a.batches, a.image_size)
              for w in map(int, a.workers.split(","))}
     print(f"\n{a.image_size}x{a.image_size} crops, batch {a.batch}, {os.cpu_count()} cores:")

@@ -12,8 +12,9 @@ rotation error in degrees), the mean absolute residual |main - ref| of the uncha
 (8 px border excluded) before registration, after it, and with the true transform (the floor
 left by noise and exposure differences), and the time per pair on this machine.
 
-`--train_step` instead times the preset's jitted train step (`real_jax.bench.bench_jax`) without
-and with `data.register`, in one process, and prints both rates and their ratio.
+`--train_step` instead times the preset's jitted train step
+(`real_jax.benchmark.jax_side.bench_jax`) without and with `model.register`, in one process,
+and prints both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline.synthetic_images import misaligned_pair
-from real_jax import registration as reg
+from real_jax.models import registration as reg
 
 BORDER = 8
 
@@ -80,17 +81,18 @@ def run(pairs: int, width: int, scales: list[float], transforms: list[str]) -> l
 
 def train_step_cost(preset: str, steps: int) -> dict:
     from configs.real import get_config
-    from real_jax.bench import bench_jax, measure_peak_flops
+    from real_jax.benchmark.jax_side import bench_jax
+    from real_jax.benchmark.timing import measure_peak_flops
 
     peak = measure_peak_flops(jnp.float32)
     rates = {}
     for register in (False, True):
         config = get_config(preset)
-        config.data.register = register
+        config.model.register = register
         result = bench_jax(config, vocab_size=512, steps=steps, warmup=2, decode=False,
                            peak=peak)
         rates[register] = result["samples_per_s"]
-        print(f"{preset}, data.register={register}: {result['samples_per_s']:.1f} samples/s "
+        print(f"{preset}, model.register={register}: {result['samples_per_s']:.1f} samples/s "
               f"({1000 * result['step_s']:.0f} ms per step of {config.train.global_batch_size}"
               f" at {config.data.image_size} px)", flush=True)
     ratio = rates[True] / rates[False]

@@ -1,0 +1,27 @@
+"""real_jax: ReAl (Residual Alignment) for medical Difference VQA in JAX/Flax.
+
+Where each concept lives:
+
+- `experiment`: the factory. `build_experiment(config)` builds the tokenizer, the model
+  (`build_model(config.model, ...)`), optimizer and schedule, mesh, example batch and the
+  abstract or sharded train state; train, evaluate, predict, export, bench and the tests use it.
+  `restore_config` upgrades a config saved with a checkpoint.
+- `config_checks`: every allowed value and cross-field rule, checked before anything compiles.
+- `models/`: the Flax model. `real.ReAl` (encoders, projectors, GPT-2 decoder, the three
+  ablation variants), `resnet`, `projector`, `gpt2_decoder`, `inputs` (pixels to encoder inputs),
+  `registration` (aligning ref onto main inside the forward pass), `generation` (KV-cached
+  greedy and beam search).
+- `training/`: `state` (TrainState, sharded init), `step` (the one jitted train step), `losses`
+  (L_gen, L_con), `optimizer`, `checkpointing` (Orbax state + grain iterator + config),
+  `metric_writer`, `loop` (`train_and_evaluate`, `evaluate_checkpoint`, preemption).
+- `evaluation/`: `loop` (the `Evaluator`), `metrics` (pycocoevalcap, exact match), `figures`,
+  `heatmap` and `saliency` (why an answer), `predictor` (answering new studies).
+- `distributed/`: `sharding` (mesh, shardings, global batches), `runtime` (multi-host start-up).
+- `interop/`: PyTorch weights in and out, `TorchReAl`, its registration (never imports jax).
+- `benchmark/`: the train-step and decoding benchmark, JAX beside PyTorch.
+- Command lines, each only parsing flags: `main` (train / evaluate / predict a split),
+  `predict` (new studies), `export` (to PyTorch), `bench`.
+
+The data side is the sibling package `data_pipeline` (synthetic data, ingestion, grain
+pipeline); the configs are in `configs/real.py`; the design record is `docs/design.md`.
+"""

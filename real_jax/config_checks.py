@@ -8,17 +8,18 @@ from pathlib import Path
 
 import ml_collections
 
-from real_jax.generation import GENERATION_METHODS
-from real_jax.losses import (
+from real_jax.models import DTYPES
+from real_jax.models.generation import GENERATION_METHODS
+from real_jax.models.real import VARIANTS, prefix_length
+from real_jax.models.registration import TRANSFORMS
+from real_jax.models.resnet import ENCODERS
+from real_jax.training.losses import (
     CONSISTENCY_AGGREGATES,
     CONSISTENCY_IMAGE_TARGETS,
     CONSISTENCY_SIGNS,
     CONSISTENCY_SPATIAL,
 )
-from real_jax.models import DTYPES
-from real_jax.models.real import VARIANTS, prefix_length
-from real_jax.models.resnet import ENCODERS
-from real_jax.registration import config_from_data_config
+from real_jax.training.optimizer import OPTIMIZERS
 
 NONFINITE_POLICIES = ("stop", "skip")
 ENCODER_STRIDE = 32
@@ -73,11 +74,15 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(train.stop_check_every_steps >= 1,
           f"train.stop_check_every_steps={train.stop_check_every_steps} must be >= 1")
     check(data.max_bad_images >= 0, f"data.max_bad_images={data.max_bad_images} must be >= 0")
-    if data.get("register", False):
-        try:
-            config_from_data_config(data)
-        except (TypeError, ValueError) as e:
-            problems.append(f"data.registration: {e}")
+    registration = model.registration
+    check(registration.transform in TRANSFORMS,
+          f"model.registration.transform={registration.transform!r} not in {sorted(TRANSFORMS)}")
+    check(registration.levels >= 1 and registration.steps >= 1
+          and registration.learning_rate > 0 and registration.min_size >= 1,
+          "model.registration needs levels >= 1, steps >= 1, learning_rate > 0 and "
+          f"min_size >= 1 (got {registration.to_dict()})")
+    check(config.optim.name in OPTIMIZERS,
+          f"optim.name={config.optim.name!r} not in {OPTIMIZERS}")
     check(train.nonfinite_policy in NONFINITE_POLICIES,
           f"train.nonfinite_policy={train.nonfinite_policy!r} not in {NONFINITE_POLICIES}")
     loss = config.loss
@@ -94,22 +99,24 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(gen.method in GENERATION_METHODS,
           f"generation.method={gen.method!r} not in {GENERATION_METHODS}")
     check(gen.beam_size >= 1, f"generation.beam_size={gen.beam_size} must be >= 1")
-    check(gen.max_answer_tokens >= 1,
-          f"generation.max_answer_tokens={gen.max_answer_tokens} must be >= 1")
+    check(gen.answer_max_tokens >= 1,
+          f"generation.answer_max_tokens={gen.answer_max_tokens} must be >= 1")
     check(data.question_max_tokens >= 1 and data.answer_max_tokens >= 2,
           "data.question_max_tokens must be >= 1 and data.answer_max_tokens >= 2 (answer + EOS)")
     prompt = prefix_length(model.variant, model.num_queries) + data.question_max_tokens
-    longest = prompt + max(data.answer_max_tokens, gen.max_answer_tokens)
+    longest = prompt + max(data.answer_max_tokens, gen.answer_max_tokens)
     check(longest <= model.decoder.n_positions,
           f"image tokens + question + answer = {longest} positions exceed "
           f"model.decoder.n_positions={model.decoder.n_positions}")
     pretrained = config.pretrained
+    fetch = ("fetch the weights with `python -m real_jax.pretrained --out weights`, or set it "
+             "to '' to train from scratch")
     if pretrained.resnet50:
         check(Path(pretrained.resnet50).is_file(),
-              f"pretrained.resnet50={pretrained.resnet50!r} does not exist")
+              f"pretrained.resnet50={pretrained.resnet50!r} does not exist: {fetch}")
     if pretrained.gpt2_dir:
         check(Path(pretrained.gpt2_dir).is_dir(),
-              f"pretrained.gpt2_dir={pretrained.gpt2_dir!r} is not a directory")
+              f"pretrained.gpt2_dir={pretrained.gpt2_dir!r} is not a directory: {fetch}")
     if not data.synthetic_source:
         check((Path(data.dir) / "prepare.json").is_file(),
               f"data.dir={data.dir!r} is not a prepared dataset (no prepare.json); prepare it "

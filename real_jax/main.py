@@ -15,7 +15,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from real_jax import distributed, train
+from real_jax import cli
+from real_jax.distributed import runtime as distributed
+from real_jax.training import loop as train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:preset]).", lock_config=True)
@@ -50,4 +52,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -4,8 +4,9 @@
 - `real_jax.interop.export`: checkpoint -> PyTorch folder (`python -m real_jax.export`).
 - `real_jax.interop.torch_model`: `TorchReAl`, the PyTorch model that loads that folder
   (torch, torchvision and transformers only; never imports jax).
-- `real_jax.interop.torch_registration`: the registration of `real_jax/registration.py` in torch,
-  applied by `TorchReAl` when the run was trained with `data.register=True`.
+- `real_jax.interop.torch_registration`: the registration of
+  `real_jax/models/registration.py` in torch, applied by `TorchReAl` when the run was trained
+  with `model.register=True`.
 
 Nothing is imported here, so `import real_jax.interop.torch_model` stays free of jax.
 """

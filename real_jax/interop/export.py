@@ -3,8 +3,8 @@
 Layout of OUT (all tensors in safetensors):
 
     config.json                      model structure, eos id, sizes, the training config, step,
-                                     "registration": the `data.registration` fields when the model
-                                     aligns ref to main (`data.register`), else null
+                                     "registration": the `model.registration` fields when the
+                                     model aligns ref to main (`model.register`), else null
     image_encoder.safetensors        torchvision `resnet50` state_dict (without `fc`), or the
     residual_encoder.safetensors     same naming for `TorchResNet` (other encoders)
     image_projector.safetensors      `real_jax.interop.torch_model.TorchProjector` state_dicts
@@ -35,8 +35,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from data_pipeline.tokenizer import EOS_TOKEN, Tokenizer
 from real_jax.interop import torch_weights as tw
 from real_jax.interop.torch_model import CONFIG_FILE, ENCODER_FILES, GPT2_DIR, PROJECTOR_FILES
+from real_jax.models.registration import RegistrationConfig
 from real_jax.models.resnet import make_encoder
-from real_jax.registration import config_from_data_config
 
 EXPORT_FORMAT = "real_jax.torch_export/1"
 
@@ -101,7 +101,8 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
 
     Args:
       params, batch_stats: ReAl's variables (numpy or jax leaves, float32 written).
-      config: the training config as a dict (`config.to_dict()`).
+      config: the training config as a dict (`config.to_dict()` of a current config, or
+        `real_jax.experiment.restore_config` of a saved one).
       tokenizer: the pipeline's tokenizer; its vocabulary must be the decoder's.
     """
     out = Path(out)
@@ -112,7 +113,8 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
         raise ValueError(f"decoder vocabulary {vocab_size} != tokenizer vocabulary "
                          f"{tokenizer.vocab_size}: wrong data.dir or pretrained.gpt2_dir?")
     encoder = make_encoder(model_config["encoder"])
-    registration = config_from_data_config(config["data"])
+    registration = (RegistrationConfig(**model_config["registration"])
+                    if model_config["register"] else None)
     for name, file in ENCODER_FILES.items():
         if name in params:
             save_file(tw.resnet_to_torch(params[name], batch_stats.get(name, {})),
@@ -143,10 +145,8 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
         "vocab_size": vocab_size,
         "image_size": config["data"]["image_size"],
         "question_max_tokens": config["data"]["question_max_tokens"],
-        "max_answer_tokens": config["generation"]["max_answer_tokens"],
-        # TorchReAl registers ref onto main with these (real_jax.interop.torch_registration);
-        # defaults filled in and validated as the JAX model's RegistrationConfig. Configs
-        # written before registration existed have no data.register: null, as when it is off.
+        "answer_max_tokens": config["generation"]["answer_max_tokens"],
+        # TorchReAl registers ref onto main with these (real_jax.interop.torch_registration).
         "registration": dataclasses.asdict(registration) if registration else None,
         "training_config": config,
     }
@@ -158,15 +158,21 @@ def export_checkpoint(workdir: str | Path, out: str | Path, step: int | None = N
                       data_dir: str | None = None, gpt2_dir: str | None = None) -> Path:
     """Restores a workdir's checkpoint and exports it (see `export_variables`).
 
-    The tokenizer comes from the training config's `data.dir` / `pretrained.gpt2_dir` unless
-    `data_dir` / `gpt2_dir` override them (e.g. when exporting on another machine).
+    The tokenizer is the one the run saved in its workdir, else the training config's
+    `data.dir` / `pretrained.gpt2_dir`; `data_dir` / `gpt2_dir` override both (e.g. when
+    exporting on another machine).
     """
     from data_pipeline.pipeline import load_tokenizer
+    from real_jax.experiment import restore_config, run_tokenizer
 
-    params, batch_stats, config, step = restore_variables(workdir, step)
-    gpt2 = gpt2_dir if gpt2_dir is not None else config.get("pretrained", {}).get("gpt2_dir")
-    tokenizer = load_tokenizer(data_dir or config["data"]["dir"], gpt2 or None)
-    return export_variables(params, batch_stats, config, tokenizer, out, step)
+    params, batch_stats, saved, step = restore_variables(workdir, step)
+    config = restore_config(saved)
+    if data_dir is None and gpt2_dir is None:
+        tokenizer = run_tokenizer(workdir, config)
+    else:
+        tokenizer = load_tokenizer(data_dir or config.data.dir,
+                                   gpt2_dir or config.pretrained.gpt2_dir or None)
+    return export_variables(params, batch_stats, config.to_dict(), tokenizer, out, step)
 
 
 def import_export(out: str | Path, params: Mapping[str, Any], batch_stats: Mapping[str, Any]

@@ -5,8 +5,8 @@ uint8 grayscale -> ImageNet-normalised 3-channel images (the residual `(main - r
 divided by the std only), ResNet trunks (BatchNorm eps 1e-5, running statistics), query
 projectors (pre-LN, LayerNorm eps 1e-6 as in Flax, tanh-GELU as Flax's `nn.gelu`), and GPT-2 over
 `[residual | ref | main | question (left-padded) | answer]` with position ids
-`max(cumsum(mask) - 1, 0)`. Greedy decoding matches `real_jax.generation.greedy_search`.
-A model trained with `data.register=True` first aligns ref to main, as the JAX model does
+`max(cumsum(mask) - 1, 0)`. Greedy decoding matches `real_jax.models.generation.greedy_search`.
+A model trained with `model.register=True` first aligns ref to main, as the JAX model does
 (`torch_registration`, from config.json's `"registration"`).
 
     model = TorchReAl.load("exported")            # folder written by `python -m real_jax.export`
@@ -237,7 +237,7 @@ class TorchReAl(nn.Module):
     def encode(self, ref: Any, main: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`uint8[B, S, S]` x2 -> prefix `float[B, P, D]` and features `{name: [B, C, h, w]}`.
 
-        With a `"registration"` config (models trained with `data.register`), `ref` is first
+        With a `"registration"` config (models trained with `model.register`), `ref` is first
         aligned to `main` (`torch_registration.register`), for both its encoder and the residual.
         """
         ref, main = _as_tensor(ref, torch.float32), _as_tensor(main, torch.float32)
@@ -288,7 +288,7 @@ class TorchReAl(nn.Module):
     def generate(self, ref: Any, main: Any, question_ids: Any, question_mask: Any,
                  max_new_tokens: int | None = None) -> torch.Tensor:
         """Greedy decoding with the KV cache: `int64[B, max_new_tokens]`, EOS after each end."""
-        max_new_tokens = max_new_tokens or int(self.config["max_answer_tokens"])
+        max_new_tokens = max_new_tokens or int(self.config["answer_max_tokens"])
         embeds, mask = self.prompt(ref, main, question_ids, question_mask)
         batch = embeds.shape[0]
         position = position_ids_from_mask(mask)

@@ -1,6 +1,7 @@
-"""Aligns the reference image to the main image, in PyTorch: `real_jax/registration.py` without jax.
+"""Aligns the reference image to the main image in PyTorch: `real_jax/models/registration.py`
+without jax.
 
-An exported model trained with `data.register=True` (`config.json` `"registration"`) must align
+An exported model trained with `model.register=True` (`config.json` `"registration"`) must align
 each pair exactly as the JAX model did before forming the residual, or it would read every
 positioning change as a difference. This module re-implements the same algorithm operation by
 operation, in float32:
@@ -28,8 +29,8 @@ reproducible to the float rounding of the coordinates: JAX itself moves by up to
 over 4 synthetic pairs 0.03 px) when its pixel grid is computed in float64 and rounded instead of
 in float32. This port stays at that level (tests/interop/test_registration_vs_reference.py),
 and where every level's pixel coordinates are exact (sides that are powers of two, e.g. 512) it
-agrees with JAX to 1e-5 px. With grid_sample it was up to twice as far from JAX (similarity,
-8 pairs of 144 x 120: mean 0.046 px against 0.025).
+agrees with JAX to 1e-5 px. The sampler is written out rather than taken from `grid_sample`
+because `grid_sample` lands about twice as far from JAX (BENCHMARKS.md, section 7).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 
 TRANSFORMS = {"rigid": 3, "similarity": 4, "affine": 6}  # name -> number of parameters
 DEFAULTS = {"transform": "similarity", "levels": 3, "steps": 20, "learning_rate": 0.02,
-            "min_size": 16}  # `real_jax.registration.RegistrationConfig`'s defaults
+            "min_size": 16}  # `real_jax.models.registration.RegistrationConfig`'s defaults
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults
 BORDER_EPS_PX = 1e-3  # pixels; rounding in the coordinate arithmetic must not drop border pixels
 
@@ -208,7 +209,7 @@ def estimate_transform(fixed: torch.Tensor, moving: torch.Tensor, config: Mappin
 
 def register(ref: torch.Tensor, main: torch.Tensor, config: Mapping[str, Any] | None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Aligns every `ref` to its `main` (as `real_jax.registration.register`).
+    """Aligns every `ref` to its `main` (as `real_jax.models.registration.register`).
 
     Args:
       ref, main: `uint8[B, H, W]` or `float32[B, H, W]` on the 0..255 scale.

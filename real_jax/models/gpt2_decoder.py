@@ -1,10 +1,15 @@
 """GPT-2 decoder fed prefix embeddings: transformers' FlaxGPT2 blocks with HF parameter names.
 
 `FlaxGPT2Module.__call__` only takes token ids, but ReAl prepends projected image tokens. This
-module rebuilds the GPT-2 trunk from the same submodules (`wte`, `wpe`, `h` =
-`FlaxGPT2BlockCollection`, `ln_f`) so its parameter tree is exactly the `transformer` subtree of
+module rebuilds the GPT-2 trunk from the same submodules (`wte`, `wpe`, the blocks `h/{i}` =
+`FlaxGPT2Block`, `ln_f`) so its parameter tree is exactly the `transformer` subtree of
 a HF `FlaxGPT2LMHeadModel` and HF checkpoints map one to one. The LM head is tied to `wte`, as in
 GPT-2. This is the only module that touches transformers' Flax GPT-2 internals.
+
+`remat=True` checkpoints each GPT-2 block (`flax.linen.remat`): the backward pass keeps only the
+blocks' inputs and recomputes the rest. transformers' `FlaxGPT2BlockCollection` (4.57) has no
+`gradient_checkpointing` switch (its BERT has one), so `BlockCollection` here rebuilds it around
+HF's `FlaxGPT2Block`, with the same names (`h/0`, `h/1`, ...).
 
 transformers >= 5 removed every Flax model; the project pins transformers>=4.57,<5.
 """
@@ -19,7 +24,12 @@ import jax.numpy as jnp
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # transformers warns that its Flax models are deprecated.
     from transformers import GPT2Config
-    from transformers.models.gpt2.modeling_flax_gpt2 import FlaxGPT2BlockCollection
+    from transformers.models.gpt2.modeling_flax_gpt2 import FlaxGPT2Block
+
+# FlaxGPT2Block.__call__(self, hidden_states, attention_mask, encoder_hidden_states,
+# encoder_attention_mask, deterministic, init_cache, output_attentions): the Python flags must be
+# static under remat (flax counts `self` as argument 0).
+_BLOCK_STATIC_ARGNUMS = (5, 6, 7)
 
 
 def make_gpt2_config(
@@ -47,11 +57,38 @@ def make_gpt2_config(
     )
 
 
+class BlockCollection(nn.Module):
+    """HF's `FlaxGPT2BlockCollection` for ReAl's use (self-attention only), optionally remat.
+
+    Call: `float[B, T, D]` hidden states, `int[B, T]` (or `int[B, cache_len]`) attention mask ->
+    `float[B, T, D]`. Parameters `{0..n_layer-1}`, each a `FlaxGPT2Block`.
+    """
+
+    config: GPT2Config
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def setup(self) -> None:
+        block = (nn.remat(FlaxGPT2Block, static_argnums=_BLOCK_STATIC_ARGNUMS) if self.remat
+                 else FlaxGPT2Block)
+        self.blocks = [block(self.config, name=str(i), dtype=self.dtype)
+                       for i in range(self.config.num_hidden_layers)]
+
+    def __call__(self, hidden: jnp.ndarray, attention_mask: jnp.ndarray,
+                 deterministic: bool = True, init_cache: bool = False) -> jnp.ndarray:
+        for block in self.blocks:
+            # Positional: remat's static arguments are positional only.
+            hidden = block(hidden, attention_mask, None, None, deterministic, init_cache,
+                           False)[0]
+        return hidden
+
+
 class GPT2Decoder(nn.Module):
     """GPT-2 over input embeddings. Parameters: `wte`, `wpe`, `h/{0..n_layer-1}`, `ln_f`."""
 
     config: GPT2Config
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     def setup(self) -> None:
         init = jax.nn.initializers.normal(stddev=self.config.initializer_range)
@@ -60,7 +97,7 @@ class GPT2Decoder(nn.Module):
         self.wpe = nn.Embed(self.config.n_positions, self.config.n_embd, embedding_init=init,
                             dtype=self.dtype)
         self.dropout = nn.Dropout(rate=self.config.embd_pdrop)
-        self.h = FlaxGPT2BlockCollection(self.config, dtype=self.dtype)
+        self.h = BlockCollection(self.config, dtype=self.dtype, remat=self.remat)
         self.ln_f = nn.LayerNorm(epsilon=self.config.layer_norm_epsilon, dtype=self.dtype)
 
     def embed_tokens(self, token_ids: jnp.ndarray) -> jnp.ndarray:
@@ -82,13 +119,8 @@ class GPT2Decoder(nn.Module):
         """
         positions = self.wpe(position_ids.astype(jnp.int32))
         hidden = self.dropout(inputs_embeds + positions, deterministic=deterministic)
-        hidden = self.h(
-            hidden,
-            attention_mask,
-            deterministic=deterministic,
-            init_cache=init_cache,
-            return_dict=False,
-        )[0]
+        hidden = self.h(hidden, attention_mask, deterministic=deterministic,
+                        init_cache=init_cache)
         return self.ln_f(hidden)
 
     def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:

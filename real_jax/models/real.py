@@ -1,8 +1,9 @@
-"""ReAl: residual-aligned Difference VQA model (paper section 2, DESIGN.md section 1).
+"""ReAl: residual-aligned Difference VQA model (paper section 2, docs/design.md section 1).
 
 Decoder input, in order: `[residual tokens | ref tokens | main tokens | question | answer]`.
 The image encoder (and its projector) is shared by `ref` and `main`, which go through it as one
-batch of 2B so batch-norm sees both; the residual encoder and projector have their own
+batch of 2B so batch-norm sees both (interleaved pair by pair, so that no image changes device
+when the batch is split over devices); the residual encoder and projector have their own
 parameters. The three variants are the paper's ablation rows (Table 2):
 
 | variant          | residual branch | consistency loss |
@@ -13,11 +14,11 @@ parameters. The three variants are the paper's ablation rows (Table 2):
 
 `blank_images=True` replaces both images with zeros: the same model then learns only the text
 prior, the control that shows how much the images contribute. With a `registration` config the
-reference is first aligned to the main image (`real_jax/registration.py`) and both the residual
-and the reference encoder see the aligned reference.
+reference is first aligned to the main image (`real_jax/models/registration.py`) and both the
+residual and the reference encoder see the aligned reference.
 
 The model returns the answer-position logits and the encoders' features; the losses live in
-`real_jax/losses.py`.
+`real_jax/training/losses.py`.
 """
 
 from typing import Any
@@ -32,8 +33,8 @@ from real_jax.models.inputs import (
     to_unit_float,
 )
 from real_jax.models.projector import Projector
+from real_jax.models.registration import RegistrationConfig, register
 from real_jax.models.resnet import make_encoder
-from real_jax.registration import RegistrationConfig, register
 
 VARIANTS = ("baseline", "residual_input", "real")
 
@@ -41,6 +42,23 @@ VARIANTS = ("baseline", "residual_input", "real")
 def prefix_length(variant: str, num_queries: int) -> int:
     """Number of image tokens before the question: 2 or 3 groups of `num_queries`."""
     return (2 if variant == "baseline" else 3) * num_queries
+
+
+def interleave_pairs(ref: jnp.ndarray, main: jnp.ndarray) -> jnp.ndarray:
+    """`[B, ...]` twice -> `[2B, ...]` ordered ref_0, main_0, ref_1, main_1, ...
+
+    The shared encoder's batch of 2B is interleaved, not concatenated: with the batch split over
+    devices, the rows of `[ref; main]` would land on other devices than the pairs they come from,
+    and XLA would move images between devices (all-to-all, collective-permute) in every step.
+    Interleaved, each device keeps its own pairs; batch norm still sees all 2B images.
+    """
+    return jnp.stack([ref, main], axis=1).reshape(2 * ref.shape[0], *ref.shape[1:])
+
+
+def split_pairs(pairs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The inverse of `interleave_pairs`: `[2B, ...]` -> `(ref [B, ...], main [B, ...])`."""
+    pairs = pairs.reshape(pairs.shape[0] // 2, 2, *pairs.shape[1:])
+    return pairs[:, 0], pairs[:, 1]
 
 
 def position_ids_from_mask(mask: jnp.ndarray) -> jnp.ndarray:
@@ -60,8 +78,9 @@ class ReAl(nn.Module):
     projector_heads: int = 8
     projector_dropout: float = 0.1
     blank_images: bool = False  # control experiment: the images are replaced by zeros
-    registration: RegistrationConfig | None = None  # align ref to main first (data.register)
+    registration: RegistrationConfig | None = None  # align ref to main first (model.register)
     dtype: Any = jnp.float32
+    remat: bool = False  # activation checkpointing of the ResNet and GPT-2 blocks (model.remat)
 
     @property
     def has_residual_branch(self) -> bool:
@@ -72,8 +91,6 @@ class ReAl(nn.Module):
         return prefix_length(self.variant, self.num_queries)
 
     def setup(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown model variant {self.variant!r}; choose one of {VARIANTS}")
         projector = lambda name: Projector(
             num_queries=self.num_queries,
             width=self.projector_width,
@@ -84,14 +101,16 @@ class ReAl(nn.Module):
             dtype=self.dtype,
             name=name,
         )
-        self.image_encoder = make_encoder(self.encoder, dtype=self.dtype, name="image_encoder")
+        self.image_encoder = make_encoder(self.encoder, dtype=self.dtype, remat=self.remat,
+                                          name="image_encoder")
         self.image_projector = projector("image_projector")
         if self.has_residual_branch:
             self.residual_encoder = make_encoder(
-                self.encoder, dtype=self.dtype, name="residual_encoder"
+                self.encoder, dtype=self.dtype, remat=self.remat, name="residual_encoder"
             )
             self.residual_projector = projector("residual_projector")
-        self.decoder = GPT2Decoder(self.decoder_config, dtype=self.dtype, name="decoder")
+        self.decoder = GPT2Decoder(self.decoder_config, dtype=self.dtype, remat=self.remat,
+                                   name="decoder")
 
     def encode(
         self,
@@ -109,12 +128,11 @@ class ReAl(nn.Module):
           main_offset, residual_offset: optional `float32[B, S, S]` added to the main image
             (in [0, 1] units, so it reaches both the main encoder and the residual) and to the
             residual only; zeros leave the output unchanged. Saliency maps are gradients with
-            respect to them (`real_jax/saliency.py`).
+            respect to them (`real_jax/evaluation/saliency.py`).
         Returns:
           prefix: `float[B, P, D]`, P = `prefix_length` (residual tokens first when present).
           features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`.
         """
-        batch = ref.shape[0]
         if self.blank_images:
             ref, main = jnp.zeros_like(ref), jnp.zeros_like(main)
         elif self.registration is not None:
@@ -123,11 +141,12 @@ class ReAl(nn.Module):
         if main_offset is not None:
             main_unit = main_unit + main_offset
         ref_unit = to_unit_float(ref)
-        pair = jnp.concatenate([ref_unit, main_unit], axis=0)
+        pair = interleave_pairs(ref_unit, main_unit)
         image_features = self.image_encoder(normalize_image(pair), train=train)
         image_tokens = self.image_projector(image_features, train=train)
-        features = {"ref": image_features[:batch], "main": image_features[batch:]}
-        groups = [image_tokens[:batch], image_tokens[batch:]]
+        ref_features, main_features = split_pairs(image_features)
+        features = {"ref": ref_features, "main": main_features}
+        groups = list(split_pairs(image_tokens))
         if self.has_residual_branch:
             residual = main_unit - ref_unit  # I_res = I_main - I_ref, in [-1, 1]
             if residual_offset is not None:
@@ -155,10 +174,16 @@ class ReAl(nn.Module):
         Returns embeddings `float[B, P + Lq, D]`, mask `int32[B, P + Lq]`, encoder features.
         """
         prefix, features = self.encode(ref, main, train=train, **offsets)
-        embeds = jnp.concatenate([prefix, self.embed_tokens(question_ids).astype(prefix.dtype)], 1)
-        prefix_mask = jnp.ones(prefix.shape[:2], jnp.int32)
-        mask = jnp.concatenate([prefix_mask, question_mask.astype(jnp.int32)], axis=1)
+        embeds, mask = self._append_tokens(prefix, question_ids, question_mask)
         return embeds, mask, features
+
+    def _append_tokens(self, prefix: jnp.ndarray, token_ids: jnp.ndarray,
+                       token_mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """`[prefix | tokens]`: embeddings `float[B, P + T, D]` and mask `int32[B, P + T]` from
+        the prefix `float[B, P, D]` and `int[B, T]` token ids and mask."""
+        embeds = jnp.concatenate([prefix, self.embed_tokens(token_ids).astype(prefix.dtype)], 1)
+        prefix_mask = jnp.ones(prefix.shape[:2], jnp.int32)
+        return embeds, jnp.concatenate([prefix_mask, token_mask.astype(jnp.int32)], axis=1)
 
     def __call__(
         self,
@@ -181,12 +206,14 @@ class ReAl(nn.Module):
           logits `float32[B, La, V]`, where `logits[:, t]` predicts `answer_ids[:, t]`;
           the encoder features (see `encode`).
         """
-        embeds, mask, features = self.prompt(ref, main, question_ids, question_mask, train,
-                                             **offsets)
-        prompt_length = embeds.shape[1]
+        prefix, features = self.encode(ref, main, train=train, **offsets)
+        # Question and answer in one embedding lookup: its gradient is then one scatter-add into
+        # `wte`, summed across devices once rather than once per lookup.
+        embeds, mask = self._append_tokens(
+            prefix, jnp.concatenate([question_ids, answer_ids], axis=1),
+            jnp.concatenate([question_mask.astype(jnp.int32), answer_mask.astype(jnp.int32)], 1))
+        prompt_length = prefix.shape[1] + question_ids.shape[1]
         answer_length = answer_ids.shape[1]
-        embeds = jnp.concatenate([embeds, self.embed_tokens(answer_ids).astype(embeds.dtype)], 1)
-        mask = jnp.concatenate([mask, answer_mask.astype(jnp.int32)], axis=1)
         hidden = self.decoder.hidden_states(
             embeds, mask, position_ids_from_mask(mask), deterministic=not train
         )

@@ -8,6 +8,10 @@ its consistency loss work on spatial features.
 
 Parameter names: `conv1`, `bn1`, then `layer{s}_{b}` (stage s=1..4, block b) each holding
 `conv1..3`, `bn1..3` and, on projection blocks, `downsample_conv` / `downsample_bn`.
+
+`remat=True` checkpoints each bottleneck block (`flax.linen.remat`): the backward pass keeps only
+the blocks' inputs and recomputes the activations inside a block from its input. Parameter and
+batch-statistics names are the same either way.
 """
 
 from collections.abc import Callable, Sequence
@@ -69,6 +73,7 @@ class ResNet(nn.Module):
     num_filters: int = 64
     dtype: Any = jnp.float32
     zero_init_last_norm: bool = True
+    remat: bool = False  # recompute each block's activations in the backward pass
     conv: Callable[..., nn.Module] = nn.Conv
     norm: Callable[..., nn.Module] = nn.BatchNorm
 
@@ -89,10 +94,11 @@ class ResNet(nn.Module):
         x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=3, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        block_class = nn.remat(Bottleneck) if self.remat else Bottleneck
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(
+                x = block_class(
                     filters=self.num_filters * 2**stage,
                     conv=conv,
                     norm=norm,

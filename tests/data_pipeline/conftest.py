@@ -41,11 +41,9 @@ def raw_dir(tmp_path_factory):
 def data_dir(raw_dir, tmp_path_factory):
     raw, _ = raw_dir
     out = tmp_path_factory.mktemp("prepared")
-    args = prepare.parse_args([
-        "--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
-        "--metadata", str(raw / synthetic.METADATA_CSV), "--out", str(out),
-        "--resize_shorter", str(RESIZE), "--workers", "2", "--vocab_size", "600"])
-    prepare.prepare(args)
+    prepare.prepare(questions=raw / synthetic.QUESTIONS_CSV, images=raw,
+                    metadata=raw / synthetic.METADATA_CSV, out=out, resize_shorter=RESIZE,
+                    workers=2, vocab_size=600)
     return out
 
 

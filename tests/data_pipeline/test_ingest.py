@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 
 import pytest
 from conftest import SUBJECTS, manifest, read_metadata
@@ -82,28 +83,29 @@ def test_counts_report_and_lateral_skipped(raw_dir, data_dir):
 
 def test_rerun_is_idempotent(raw_dir, data_dir, capsys):
     raw, _ = raw_dir
-    args = prepare.parse_args([
-        "--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
-        "--metadata", str(raw / synthetic.METADATA_CSV), "--out", str(data_dir),
-        "--resize_shorter", "72", "--workers", "2", "--vocab_size", "600"])
     before = manifest(data_dir)
-    prepare.prepare(args)
+    prepare.prepare(questions=raw / synthetic.QUESTIONS_CSV, images=raw,
+                    metadata=raw / synthetic.METADATA_CSV, out=data_dir, resize_shorter=72,
+                    workers=2, vocab_size=600)
     assert "reusing" in capsys.readouterr().out
     assert manifest(data_dir)["ingested"] == before["ingested"]
     assert len(list((data_dir / prepare.BUILDER_DIR).glob("*/*.array_record*"))) == 3
 
 
-def test_question_types_filter_and_bomb_guard(raw_dir, tmp_path):
+def test_question_types_filter_and_bomb_guard(raw_dir, tmp_path, capfd):
     raw, _ = raw_dir
     out = tmp_path / "diff"
     argv = ["--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
             "--metadata", str(raw / synthetic.METADATA_CSV), "--out", str(out),
             "--question_types", "difference", "--workers", "1"]
-    m = prepare.prepare(prepare.parse_args(argv))
+    assert prepare.main(argv) == 0
+    printed = capfd.readouterr().out
+    assert "writing question rows (train " in printed and "Unknown size" not in printed
+    m = json.loads((out / prepare.MANIFEST).read_text())
     assert m["excluded_by_question_type"] > 0
     assert {r["question_type"] for r in load_records(out, "train")} == {"difference"}
     # every image is above a 1000-pixel limit: all rows reported, then a clear error
     with pytest.raises(RuntimeError, match="every row of that split was rejected"):
-        prepare.prepare(prepare.parse_args([*argv, "--max_pixels", "1000"]))
+        prepare.main([*argv, "--max_pixels", "1000"])
     with open(out / prepare.REPORT) as f:
         assert "exceeds" in f.read()  # Pillow: "exceeds limit ... decompression bomb"

@@ -9,6 +9,7 @@ import pytest
 from conftest import IMAGE_SIZE
 from PIL import Image
 
+from configs.real import get_config
 from data_pipeline import images
 from data_pipeline.pipeline import (
     PairTransform,
@@ -23,17 +24,33 @@ from data_pipeline.vocab import QUESTION_TYPES
 S, LQ, LA = 64, 16, 48
 
 
+ITERATOR_ARGS = ("global_batch_size", "batch_size", "seed", "shard_index", "shard_count")
+
+
+def _data_config(data_dir, **fields):
+    """The config's data section for this test dataset: all question types, no eval limit."""
+    data = get_config("tiny").data
+    data.update(dict(dir=str(data_dir), image_size=S, question_max_tokens=LQ,
+                     answer_max_tokens=LA, num_workers=0, question_types=(), eval_limit=-1))
+    data.update(fields)
+    return data
+
+
+def _split_args(kw):
+    args = {k: kw.pop(k) for k in list(kw) if k in ITERATOR_ARGS}
+    return args, kw
+
+
 def _train(data_dir, tok, **kw):
-    args = dict(global_batch_size=4, image_size=S, question_max_tokens=LQ,
-                answer_max_tokens=LA, tokenizer=tok, seed=0, shard_index=0, shard_count=1,
-                num_workers=0)
-    return make_train_iterator(data_dir, "train", **{**args, **kw})
+    args, fields = _split_args(dict(kw))
+    args = dict(global_batch_size=4, seed=0, shard_index=0, shard_count=1) | args
+    return make_train_iterator(_data_config(data_dir, **fields), tok, **args)
 
 
 def _eval(data_dir, tok, split="train", **kw):
-    args = dict(batch_size=5, image_size=S, question_max_tokens=LQ, answer_max_tokens=LA,
-                tokenizer=tok, shard_index=0, shard_count=1)
-    return make_eval_iterator(data_dir, split, **{**args, **kw})
+    args, fields = _split_args(dict(kw))
+    args = dict(batch_size=5, shard_index=0, shard_count=1) | args
+    return make_eval_iterator(_data_config(data_dir, **fields), tok, split=split, **args)
 
 
 def test_batch_format(data_dir, tokenizer):

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from data_pipeline.tokenizer import Tokenizer
-from real_jax.models import build_model
-from real_jax.registration import config_from_data_config
-from real_jax.train_step import model_args
+from real_jax.experiment import build_model
+from real_jax.training.state import model_args
 
 QUESTIONS = ["what has changed compared to the reference image?",
              "is there any change in the lung opacity?",
@@ -75,7 +74,7 @@ def left_pad(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, 
 
 def tiny_real(root: Path, config: ml_collections.ConfigDict,
               images: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """A ReAl built from `config` (registration from `config.data`, as training builds it) with
+    """A ReAl built from `config` (registration from `config.model`, as training builds it) with
     random weights, a tokenizer trained on QUESTIONS + ANSWERS saved under `root/data` (which
     becomes `config.data.dir`), and a 3-example batch.
 
@@ -86,8 +85,7 @@ def tiny_real(root: Path, config: ml_collections.ConfigDict,
     tokenizer = Tokenizer.train(QUESTIONS + ANSWERS, vocab_size=300)
     tokenizer.save(root / "data" / "tokenizer")
     (root / "data" / "prepare.json").write_text("{}")  # what load_tokenizer checks for
-    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id,
-                        config_from_data_config(config.data))
+    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id)
 
     size, lq, la = config.data.image_size, config.data.question_max_tokens, 8
     if images is None:
@@ -118,7 +116,7 @@ def assert_same_greedy_tokens(model: Any, variables: Any, torch_model: Any, batc
     would make the comparison vacuous). Returns the JAX tokens `int32[B, max_new_tokens]`."""
     import jax.numpy as jnp
 
-    from real_jax.generation import make_generate_fn
+    from real_jax.models.generation import make_generate_fn
 
     generate = make_generate_fn(model, method="greedy", max_new_tokens=max_new_tokens,
                                 eos_id=eos_id)

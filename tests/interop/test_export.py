@@ -17,9 +17,7 @@ import torch
 from safetensors.numpy import load_file
 
 from configs.real import get_config
-from real_jax.checkpointing import Checkpointer
 from real_jax.export import main as export_main
-from real_jax.generation import make_generate_fn, strip_after_eos
 from real_jax.interop import export as ex
 from real_jax.interop.torch_model import (
     ENCODER_FILES,
@@ -27,9 +25,11 @@ from real_jax.interop.torch_model import (
     TorchReAl,
     sincos_2d_positions,
 )
+from real_jax.models.generation import make_generate_fn, strip_after_eos
 from real_jax.models.projector import sincos_2d_positions as jax_sincos
-from real_jax.optim import make_optimizer
-from real_jax.train_step import TrainState, model_args
+from real_jax.training.checkpointing import Checkpointer
+from real_jax.training.optimizer import make_optimizer
+from real_jax.training.state import TrainState, model_args
 from tests.interop.helpers import ANSWERS, QUESTIONS, assert_same_greedy_tokens, tiny_real
 
 
@@ -89,7 +89,7 @@ def test_torch_model_reproduces_jax(exported):
         np.testing.assert_allclose(torch_features[name].permute(0, 2, 3, 1).numpy(),
                                    np.asarray(features[name]), atol=1e-4, err_msg=name)
 
-    max_new = exported["config"].generation.max_answer_tokens
+    max_new = exported["config"].generation.answer_max_tokens
     eos = exported["tokenizer"].eos_id
     jax_tokens = assert_same_greedy_tokens(model, variables, torch_model, batch, max_new, eos)
     print("greedy tokens (JAX):", jax_tokens.tolist())

@@ -1,5 +1,5 @@
 """PyTorch registration (`real_jax/interop/torch_registration.py`) against the JAX original
-(`real_jax/registration.py`), alone and inside an exported model.
+(`real_jax/models/registration.py`), alone and inside an exported model.
 
 How close the two can be depends on the image size. The estimate starts at the identity, where
 every sample falls exactly on a pixel centre, the kink of bilinear interpolation: the first
@@ -20,12 +20,13 @@ import torch
 
 from configs.real import get_config
 from data_pipeline import synthetic_images as si
-from real_jax import registration as reg
+from real_jax.experiment import restore_config
 from real_jax.interop import export as ex
 from real_jax.interop import torch_model
 from real_jax.interop import torch_registration as treg
 from real_jax.interop.torch_model import TorchReAl
-from real_jax.train_step import model_args
+from real_jax.models import registration as reg
+from real_jax.training.state import model_args
 from tests.interop.helpers import assert_same_greedy_tokens, tiny_real
 
 WIDTH = 120  # 144 x 120: the renderer's aspect exactly, so the true transforms apply
@@ -179,7 +180,7 @@ def registered_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("registered_export")
     config = get_config("tiny")
     config.data.image_size = 96
-    config.data.register = True
+    config.model.register = True
     ref, main, _, _ = _pairs(96, 3, seed=0, crop=96)
     tiny = tiny_real(root, config, (ref, main))
     out = ex.export_variables(tiny["variables"]["params"], tiny["variables"]["batch_stats"],
@@ -215,7 +216,7 @@ def test_exported_registered_model_reproduces_jax_logits_and_answers(registered_
     assert unregistered[valid].max() > 10 * 3e-3  # measured 0.09: the test sees registration
 
     assert_same_greedy_tokens(model, variables, torch_model_, batch,
-                              registered_export["config"].generation.max_answer_tokens,
+                              registered_export["config"].generation.answer_max_tokens,
                               registered_export["tokenizer"].eos_id)
 
 
@@ -223,10 +224,11 @@ def test_unregistered_export_writes_null_and_never_registers(tmp_path, monkeypat
     config = get_config("tiny")
     tiny = tiny_real(tmp_path, config)
     params, batch_stats = tiny["variables"]["params"], tiny["variables"]["batch_stats"]
-    old = config.to_dict()  # a config from before registration existed
-    del old["data"]["register"], old["data"]["registration"]
+    old = config.to_dict()  # a config from before registration existed, as restored from disk
+    del old["model"]["register"], old["model"]["registration"]
     outs = {}
-    for name, training_config in [("off", config.to_dict()), ("old", old)]:
+    for name, training_config in [("off", config.to_dict()),
+                                  ("old", restore_config(old).to_dict())]:
         outs[name] = ex.export_variables(params, batch_stats, training_config,
                                          tiny["tokenizer"], tmp_path / name)
         assert json.loads((outs[name] / "config.json").read_text())["registration"] is None

@@ -2,6 +2,7 @@
 outputs, strict errors, `weights_only=True` loading, and the torch -> JAX -> torch round trip."""
 
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +17,14 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from configs.real import get_config
 from data_pipeline.pipeline import load_tokenizer
 from data_pipeline.tokenizer import Tokenizer
+from real_jax import pretrained as pretrained_cli
+from real_jax.experiment import build_model
 from real_jax.interop import torch_weights as tw
+from real_jax.interop.pretrained import GPT2_DIR, RESNET_FILE
 from real_jax.interop.torch_model import TorchProjector, TorchResNet, build_resnet
-from real_jax.models import build_model
 from real_jax.models.gpt2_decoder import GPT2Decoder, make_gpt2_config
 from real_jax.models.resnet import ResNet50, ResNetTiny
-from real_jax.train_step import example_batch, model_args
+from real_jax.training.state import example_batch, model_args
 from tests.interop.helpers import numpy_state_dict, randomize_batch_norm
 
 SENTENCES = ["is there any change in the lung opacity?",
@@ -234,10 +237,10 @@ def test_torch_load_uses_weights_only(tmp_path):
 
 
 def test_training_state_is_initialised_from_the_configured_gpt2_dir(gpt2_dir):
-    from real_jax import sharding as shd
-    from real_jax.optim import make_optimizer
-    from real_jax.train import init_from_pretrained
-    from real_jax.train_step import create_train_state
+    from real_jax.distributed import sharding as shd
+    from real_jax.training.loop import init_from_pretrained
+    from real_jax.training.optimizer import make_optimizer
+    from real_jax.training.state import create_train_state
 
     directory, torch_model = gpt2_dir
     config = get_config("tiny")
@@ -256,3 +259,44 @@ def test_training_state_is_initialised_from_the_configured_gpt2_dir(gpt2_dir):
     assert state.params["decoder"]["wte"]["embedding"].sharding == (
         shardings.params["decoder"]["wte"]["embedding"])
     np.testing.assert_array_equal(np.asarray(state.params["image_projector"]["queries"]), before)
+
+
+def test_pretrained_command_writes_what_the_paper_config_loads(resnet50_torch, gpt2_dir,
+                                                               resnet50_template, tmp_path):
+    directory, gpt2 = gpt2_dir
+    torch.save(resnet50_torch.state_dict(), tmp_path / "resnet50.pth")
+    out = tmp_path / "weights"
+    assert pretrained_cli.main(["--out", str(out), "--resnet_source",
+                                str(tmp_path / "resnet50.pth"), "--gpt2_source",
+                                str(directory)]) == 0
+    paths = {"resnet50": out / RESNET_FILE, "gpt2_dir": out / GPT2_DIR}
+    paper = get_config("paper").pretrained
+    assert {k: Path(v) for k, v in paper.items()} == {
+        k: Path("weights") / p.relative_to(out) for k, p in paths.items()}
+    params, stats = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), resnet50_template)
+    loaded, loaded_stats = tw.resnet_from_torch(tw.read_state_dict(paths["resnet50"]), params,
+                                                stats, source="fetched")
+    sd = numpy_state_dict(resnet50_torch)
+    np.testing.assert_array_equal(loaded["conv1"]["kernel"],
+                                  sd["conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(loaded_stats["layer4_2"]["bn3"]["var"],
+                                  sd["layer4.2.bn3.running_var"])
+    copied = GPT2LMHeadModel.from_pretrained(paths["gpt2_dir"])
+    torch.testing.assert_close(copied.transformer.h[1].mlp.c_fc.weight,
+                               gpt2.transformer.h[1].mlp.c_fc.weight, rtol=0, atol=0)
+    assert load_tokenizer(tmp_path / "unused", paths["gpt2_dir"]).vocab_size == \
+        gpt2.config.vocab_size
+
+
+def test_pretrained_command_says_which_files_to_place_where_when_it_cannot_fetch(
+        resnet50_torch, tmp_path, capsys):
+    torch.save(resnet50_torch.state_dict(), tmp_path / "resnet50.pth")
+    status = pretrained_cli.main(["--out", str(tmp_path / "weights"), "--resnet_source",
+                                  str(tmp_path / "resnet50.pth"), "--gpt2_source",
+                                  str(tmp_path / "no" / "such" / "gpt2")])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "could not load GPT-2" in error and "model.safetensors" in error
+    assert str(tmp_path / "weights" / "gpt2") in error and "--gpt2_source DIR" in error
+    assert pretrained_cli.main(["--out", str(tmp_path / "w"), "--resnet_source",
+                                str(tmp_path / "missing.pth")]) == 2

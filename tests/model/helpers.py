@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 
 from configs.real import get_config
-from real_jax.models import build_model
-from real_jax.train_step import MODEL_INPUT_KEYS
+from real_jax.experiment import build_model
+from real_jax.training.state import MODEL_INPUT_KEYS
 
 VOCAB_SIZE = 64
 EOS_ID = 0

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from real_jax.generation import beam_search, greedy_search, make_generate_fn, strip_after_eos
-from real_jax.losses import generation_loss
-from real_jax.train_step import MODEL_INPUT_KEYS
+from real_jax.models.generation import beam_search, greedy_search, make_generate_fn, strip_after_eos
+from real_jax.training.losses import generation_loss
+from real_jax.training.state import MODEL_INPUT_KEYS
 from tests.model.helpers import EOS_ID, init_variables, random_batch, tiny_config, tiny_model
 
 MAX_NEW = 12

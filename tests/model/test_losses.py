@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from real_jax.losses import consistency_loss, generation_loss
+from real_jax.training.losses import consistency_loss, generation_loss
 
 
 def numpy_log_softmax(x):

@@ -1,11 +1,11 @@
-"""Saliency maps (real_jax/saliency.py): gradients of the answer's log-likelihood."""
+"""Saliency maps (real_jax/evaluation/saliency.py): gradients of the answer's log-likelihood."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from real_jax.saliency import (
+from real_jax.evaluation.saliency import (
     SALIENCY_KEYS,
     answer_gradients,
     answer_log_likelihood,

@@ -11,20 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from real_jax import sharding as shd
-from real_jax.optim import make_optimizer
-from real_jax.train_step import (
-    _split_microbatches,
-    create_train_state,
-    example_batch,
-    make_loss_fn,
-    make_train_step,
-)
+from real_jax.distributed import sharding as shd
+from real_jax.training.optimizer import make_optimizer
+from real_jax.training.state import create_train_state, example_batch
+from real_jax.training.step import _split_microbatches, make_loss_fn, make_train_step
 from tests.model.helpers import random_batch, tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-# Float32 on CPU; the only differences come from the order of cross-device reductions.
-EQUIVALENCE_TOLERANCE = 1e-5
+# Float32 on CPU; the only differences come from the order of the cross-device sums (8 partial
+# sums instead of 1), each within a few rounding errors of its terms; 16 ulps of each array's
+# scale leaves room for two steps and the sums inside batch norm (multidevice_equivalence.py).
+ULPS = 16
 
 
 def test_eight_devices_data_parallel_and_fsdp_match_one_device():
@@ -35,11 +32,13 @@ def test_eight_devices_data_parallel_and_fsdp_match_one_device():
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(report)
     assert report["device_count"] == 8
     for name in ("data_parallel", "fsdp"):
-        assert report[name]["max_loss_difference"] < EQUIVALENCE_TOLERANCE, report
-        assert report[name]["max_param_difference"] < EQUIVALENCE_TOLERANCE, report
-        assert report[name]["max_batch_stats_difference"] < EQUIVALENCE_TOLERANCE, report
+        for key in ("sgd_loss_ulps", "sgd_param_ulps", "sgd_batch_stats_ulps", "adam_loss_ulps",
+                    "adam_mu_ulps", "adam_nu_ulps"):
+            assert report[name][key] <= ULPS, (name, key, report)
+    assert report["reference_losses"][0] != report["reference_losses"][1]  # SGD moved
     assert report["data_parallel"]["sharded_arrays"] == 0
     assert report["fsdp"]["sharded_arrays"] > 0
 

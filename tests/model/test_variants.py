@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import pytest
 
 from configs.real import get_config
-from real_jax.models import build_model
+from real_jax.experiment import build_model
 from real_jax.models.real import prefix_length
 from real_jax.models.resnet import ResNet50
-from real_jax.optim import make_optimizer
-from real_jax.train_step import create_train_state, example_batch, make_loss_fn
+from real_jax.training.optimizer import make_optimizer
+from real_jax.training.state import create_train_state, example_batch
+from real_jax.training.step import make_loss_fn
 from tests.model.helpers import random_batch, tiny_config, tiny_model
 
 
@@ -92,10 +93,3 @@ def test_consistency_weight_zero_turns_off_the_consistency_loss():
                                               *batch.values(), train=False))["batch_stats"]
     _, (metrics, _) = jax.eval_shape(loss_fn, params, stats, batch, jax.random.key(1))
     assert "loss_con" not in metrics
-
-
-def test_unknown_variant_is_a_clear_error():
-    config = tiny_config("real")
-    config.model.variant = "residual_only"
-    with pytest.raises(ValueError, match="variant"):
-        tiny_model(config)

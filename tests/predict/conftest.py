@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs.real import get_config
 from data_pipeline import prepare, synthetic
-from real_jax import train
+from real_jax.training import loop as train
 
 SUBJECTS, SOURCE_IMAGE_SIZE = 16, 80
 
@@ -23,21 +23,18 @@ def raw_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_workdir(raw_data, tmp_path_factory) -> Path:
-    """`configs/real.py:tiny` trained for 2 steps with `data.register=True`."""
+    """`configs/real.py:tiny` trained for 2 steps with `model.register=True`."""
     config = get_config("tiny")
     out = raw_data.parent / "prepared"
     size = config.data.image_size
-    prepare.main([
-        "--questions", str(raw_data / synthetic.QUESTIONS_CSV), "--images", str(raw_data),
-        "--metadata", str(raw_data / synthetic.METADATA_CSV), "--out", str(out),
-        "--resize_shorter", str(size + size // 16), "--question_types", "difference",
-        "--workers", "1",
-    ])
+    prepare.prepare(questions=raw_data / synthetic.QUESTIONS_CSV, images=raw_data,
+                    metadata=raw_data / synthetic.METADATA_CSV, out=out,
+                    resize_shorter=size + size // 16, question_types=["difference"], workers=1)
     config.data.dir = str(out)
     config.data.synthetic_source = ""
-    config.data.register = True
-    config.data.registration.levels = 2
-    config.data.registration.steps = 5
+    config.model.register = True
+    config.model.registration.levels = 2
+    config.model.registration.steps = 5
     config.train.num_train_steps = 2
     config.train.eval_every_steps = 2
     config.train.checkpoint_every_steps = 2

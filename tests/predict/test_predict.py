@@ -5,13 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from data_pipeline.image_files import ImageFileError
 from real_jax import predict
 from real_jax.evaluation.heatmap import heatmap_figure_size
-from real_jax.predict import DEFAULT_QUESTION, Predictor, predict_pairs, read_pairs_csv
+from real_jax.evaluation.predictor import (
+    DEFAULT_QUESTION,
+    Predictor,
+    predict_pairs,
+    read_pairs_csv,
+)
 from tests.dicom_files import make_dicom, save_dicom
 
 
@@ -64,6 +69,9 @@ def run_command(*args: str) -> None:
     flags.FLAGS(argv)
     try:
         predict.main(argv[:1])
+    except SystemExit as exit_info:
+        if exit_info.code:  # the command's own status; 0 is success
+            raise
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -140,11 +148,16 @@ def test_bad_input_files_get_errors_naming_the_file(predictor, study_images, tmp
 
 
 @pytest.mark.parametrize("args", [["--ref=a.png"], ["--main=b.png", "--pairs=p.csv"], []])
-def test_command_needs_both_images_or_a_pairs_csv(args):
-    with pytest.raises(app.UsageError, match="give either --ref and --main"):
+def test_command_needs_both_images_or_a_pairs_csv(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         run_command("--workdir=unused", *args)
+    assert exit_info.value.code == 2
+    assert "give either --ref and --main" in capsys.readouterr().err
 
 
-def test_command_reports_a_missing_workdir_without_a_traceback(tmp_path):
-    with pytest.raises(SystemExit, match="has no checkpoints/ folder"):
+def test_command_reports_a_missing_workdir_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         run_command(f"--workdir={tmp_path / 'nothing'}", "--ref=a.png", "--main=b.png")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("has no checkpoints/ folder: not a "
+                                                    "training workdir of real_jax.main")

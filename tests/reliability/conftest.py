@@ -16,16 +16,14 @@ TINY_IMAGE_SIZE = 64  # configs/real.py:tiny data.image_size
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
-    """Synthetic data prepared exactly as `real_jax.train.ensure_dataset` does for `tiny`."""
+    """Synthetic data prepared exactly as `real_jax.experiment.ensure_dataset` does for `tiny`."""
     root = tmp_path_factory.mktemp("reliability_data")
     raw, out = root / "raw", root / "prepared"
     synthetic.generate(raw, subjects=SUBJECTS, seed=0, image_size=SOURCE_IMAGE_SIZE, workers=1)
-    prepare.main([
-        "--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
-        "--metadata", str(raw / synthetic.METADATA_CSV), "--out", str(out),
-        "--resize_shorter", str(TINY_IMAGE_SIZE + TINY_IMAGE_SIZE // 16),
-        "--question_types", "difference", "--workers", "1",
-    ])
+    prepare.prepare(questions=raw / synthetic.QUESTIONS_CSV, images=raw,
+                    metadata=raw / synthetic.METADATA_CSV, out=out,
+                    resize_shorter=TINY_IMAGE_SIZE + TINY_IMAGE_SIZE // 16,
+                    question_types=["difference"], workers=1)
     return out
 
 

@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
+from configs.real import get_config
 from data_pipeline.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_gray
 from data_pipeline.pipeline import (
     PIPELINE_MAX_PIXELS,
@@ -87,10 +88,9 @@ def test_unreadable_image_and_record_are_skipped_logged_then_budget_stops(
     study = load_records(damaged, "train")[1]["study_id"]
 
     tokenizer = load_tokenizer(damaged)
-    iterator = make_train_iterator(
-        damaged, "train", global_batch_size=8, image_size=64, question_max_tokens=16,
-        answer_max_tokens=32, tokenizer=tokenizer, seed=0, shard_index=0, shard_count=1,
-        num_workers=0, max_bad_images=2)
+    data = get_config("tiny").data
+    data.update(dict(dir=str(damaged), question_types=(), num_workers=0, max_bad_images=2))
+    iterator = make_train_iterator(data, tokenizer, global_batch_size=8, seed=0)
     seen: list[int] = []
     caplog.set_level(logging.WARNING, logger="data_pipeline.pipeline")
     with pytest.raises(RuntimeError) as error:  # 29 records, 2 bad: the 2nd epoch is over budget

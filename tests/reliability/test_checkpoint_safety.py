@@ -1,7 +1,7 @@
 """Checkpoints survive crashes: a save killed half-way (`kill -9`) or a leftover temporary
 directory is never picked as the latest step, and a damaged complete checkpoint is a clear error
-naming its step and path. Uses `real_jax.checkpointing.Checkpointer` on a small state (no model,
-nothing to compile); the end-to-end resume runs are in test_preemption_resume.py."""
+naming its step and path. Uses `real_jax.training.checkpointing.Checkpointer` on a small state
+(no model, nothing to compile); the end-to-end resume runs are in test_preemption_resume.py."""
 
 import os
 import shutil
@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from real_jax.checkpointing import Checkpointer, CheckpointRestoreError
+from real_jax.training.checkpointing import Checkpointer, CheckpointRestoreError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = ml_collections.ConfigDict({"name": "checkpoint-safety"})
@@ -54,7 +54,7 @@ def test_leftover_temporary_checkpoint_is_ignored_and_removed(tmp_path):
 SLOW_SAVER = textwrap.dedent("""
     import sys, time
     import ml_collections, numpy as np
-    from real_jax.checkpointing import Checkpointer
+    from real_jax.training.checkpointing import Checkpointer
 
     directory = sys.argv[1]
     config = ml_collections.ConfigDict({"name": "killed"})

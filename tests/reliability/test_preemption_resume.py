@@ -44,7 +44,7 @@ def main_command(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
             "--config.data.synthetic_source=", f"--config.train.num_train_steps={STEPS}",
             "--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1000",
             "--config.train.eval_every_steps=1000", "--config.data.eval_limit=8",
-            "--config.generation.max_answer_tokens=8", *extra]
+            "--config.generation.answer_max_tokens=8", *extra]
 
 
 def run(command: list[str], ok: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -149,10 +149,12 @@ def test_bad_config_fails_fast_before_compiling(tmp_path):
         "--config.data.image_size=100", "--config.generation.beam_size=0",
         f"--config.pretrained.resnet50={tmp_path / 'missing.safetensors'}"), ok=False, env=env)
     elapsed = time.time() - start
-    error = result.stderr[result.stderr.index("ConfigError"):]
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr[result.stderr.index("error: invalid config"):]
     for expected in ("train.global_batch_size=7 is not divisible by the 2",
                      "data.image_size=100", "generation.beam_size=0",
-                     "missing.safetensors' does not exist", "no_such_dataset' is not a prepared"):
+                     "missing.safetensors' does not exist: fetch the weights",
+                     "no_such_dataset' is not a prepared"):
         assert expected in error, error
     assert "Compiling" not in result.stderr and "Finished tracing" not in result.stderr
     assert not (tmp_path / "run").exists()

@@ -36,7 +36,7 @@ def scratch(scratch_root: Path, request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(scratch_root: Path) -> tuple[Path, list[str]]:
     """(prepared data dir, the `--config.data.*` flags that point the tiny preset at it)."""
-    from real_jax.train import ensure_dataset
+    from real_jax.experiment import ensure_dataset
 
     root = scratch_root / "data"
     config = get_config("tiny")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from configs.real import get_config
-from real_jax import bench
+from real_jax.benchmark import report as bench
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,17 +3,23 @@
 import numpy as np
 import pytest
 
+from configs.real import get_config
 from data_pipeline.pipeline import load_tokenizer, make_train_iterator
 
 GLOBAL_BATCH, STEPS = 8, 5
 
 
+def data_config(data_dir):
+    data = get_config("tiny").data
+    data.update(dict(dir=str(data_dir), num_workers=0, question_types=("difference",)))
+    return data
+
+
 def host_iterators(data_dir, tokenizer, shard_count: int, seed: int = 0):
-    return [make_train_iterator(
-        data_dir, "train", global_batch_size=GLOBAL_BATCH, image_size=64,
-        question_max_tokens=16, answer_max_tokens=32, tokenizer=tokenizer, seed=seed,
-        shard_index=i, shard_count=shard_count, num_workers=0, question_types=["difference"])
-        for i in range(shard_count)]
+    return [make_train_iterator(data_config(data_dir), tokenizer,
+                                global_batch_size=GLOBAL_BATCH, seed=seed, shard_index=i,
+                                shard_count=shard_count)
+            for i in range(shard_count)]
 
 
 def global_batches(data_dir, tokenizer, shard_count: int, seed: int = 0) -> list[dict]:
@@ -48,6 +54,5 @@ def test_hosts_read_disjoint_rows(tiny_data):
     first = [next(it)["index"] for it in host_iterators(data_dir, tokenizer, 2)]
     assert not set(first[0].tolist()) & set(first[1].tolist())
     with pytest.raises(ValueError, match="not divisible"):
-        make_train_iterator(data_dir, "train", global_batch_size=5, image_size=64,
-                            question_max_tokens=16, answer_max_tokens=32, tokenizer=tokenizer,
-                            seed=0, shard_index=0, shard_count=2, num_workers=0)
+        make_train_iterator(data_config(data_dir), tokenizer, global_batch_size=5, seed=0,
+                            shard_index=0, shard_count=2)

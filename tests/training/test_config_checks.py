@@ -1,9 +1,16 @@
 """Impossible configs fail before anything compiles, with messages naming the field."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from configs.real import PRESETS, get_config
 from real_jax.config_checks import ConfigError, config_problems, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -14,10 +21,24 @@ def config(tmp_path):
 
 
 def test_every_preset_is_valid_on_eight_devices(tmp_path):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "resnet50.safetensors").touch()
     for preset in PRESETS:
         config = get_config(preset)
         config.data.synthetic_source = str(tmp_path)
+        if config.pretrained.resnet50:  # the paper's rows name the fetched weights
+            config.pretrained.update(resnet50=str(tmp_path / "resnet50.safetensors"),
+                                     gpt2_dir=str(tmp_path / "gpt2"))
         assert config_problems(config, device_count=8) == [], preset
+
+
+def test_paper_config_without_its_weights_says_how_to_fetch_them(tmp_path):
+    config = get_config("paper")
+    config.data.synthetic_source = str(tmp_path)
+    config.pretrained.update(resnet50=str(tmp_path / "weights" / "resnet50.safetensors"),
+                             gpt2_dir=str(tmp_path / "weights" / "gpt2"))
+    problems = config_problems(config, device_count=1)
+    assert len(problems) == 2 and all("python -m real_jax.pretrained" in p for p in problems)
 
 
 def test_unknown_preset_names_the_choices():
@@ -41,6 +62,9 @@ def test_unknown_preset_names_the_choices():
         ("model.decoder.n_positions", 32, "n_positions=32"),
         ("pretrained.resnet50", "/nonexistent/resnet50.pth", "resnet50.pth' does not exist"),
         ("pretrained.gpt2_dir", "/nonexistent/gpt2", "is not a directory"),
+        ("model.registration.transform", "elastic", "transform='elastic'"),
+        ("model.registration.steps", 0, "steps >= 1"),
+        ("optim.name", "lamb", "optim.name='lamb'"),
     ],
 )
 def test_bad_field_is_reported_by_name(config, field, value, message):
@@ -64,3 +88,18 @@ def test_all_problems_are_reported_together(config):
     config.generation.beam_size = 0
     config.data.image_size = 33
     assert len(config_problems(config, device_count=1)) == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config=configs/real.py:paperr"], "error: unknown preset 'paperr'"),
+    (["--config=configs/real.py", "--config.data.dir=/nonexistent/data"],
+     "  - data.dir='/nonexistent/data' is not a prepared dataset"),
+])
+def test_user_mistakes_print_one_message_and_exit_2(tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "real_jax.main", f"--workdir={tmp_path}", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

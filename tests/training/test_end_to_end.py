@@ -81,3 +81,11 @@ def test_train_kill_resume_evaluate(tmp_path, data_flags):
         (workdir / "eval_test" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
     for name in METRICS:
         assert math.isfinite(test_metrics["difference"][name]), test_metrics
+
+    # what `make demo` prints last: both splits' scores beside the prior, and where things are
+    summary = run([sys.executable, "-m", "real_jax.summary", f"--workdir={workdir}",
+                   "--config=configs/real.py:tiny"]).stdout
+    assert f"| val ({TOTAL_STEPS}) | {metrics['difference']['BLEU-1']:.3f} |" in summary
+    assert f"| test ({TOTAL_STEPS}) | {test_metrics['difference']['BLEU-1']:.3f} |" in summary
+    assert "| text-only prior (test, README) |" in summary
+    assert f"python -m real_jax.predict --workdir={workdir}" in summary

@@ -3,9 +3,11 @@
 One mesh axis, `data`, spans every device of every host. The batch is split over it; parameters
 and optimizer state are either replicated (plain data parallelism) or, with `mesh.fsdp=True`,
 each array is split along its largest dimension that the device count divides (ZeRO-3 style
-fully-sharded data parallelism over the same devices; XLA inserts the all-gathers and
-reduce-scatters). Because the step is one `jax.jit` over global arrays, batch-norm statistics are
-means over the global batch.
+fully-sharded data parallelism over the same devices; the train step gathers the parameters
+for the forward pass and reduce-scatters their gradients, `gather_params`). Because the step is
+one `jax.jit` over global arrays, batch-norm statistics are means over the global batch. Inputs
+that pair rows (ref and main) keep each pair on one device (`models/real.py`), so that a
+data-parallel step communicates by all-reduce only (`distributed/hlo.py` reads what it uses).
 """
 
 from collections.abc import Mapping, Sequence
@@ -63,6 +65,48 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
         return replicated(mesh)
 
     return jax.tree.map(sharding_for, abstract_state)
+
+
+def is_sharded(shardings: Any) -> bool:
+    """Whether any sharding in the pytree splits its array (FSDP), rather than replicating it."""
+    return any(not s.is_fully_replicated for s in jax.tree.leaves(shardings))
+
+
+def gather_params(params: Any, shardings: Any) -> Any:
+    """FSDP: the whole parameters for the forward pass; their gradients back in `shardings`.
+
+    The forward pass sees every parameter replicated (an all-gather of each split array). In the
+    backward pass each gradient is first summed whole over the batch shards, then each device
+    keeps its own slice: an all-reduce and a local slice, which XLA's GPU pipeline turns into
+    one reduce-scatter (ReduceScatterCreator; its CPU pipeline has no such pass). Without
+    these constraints, XLA's sharding propagation may split a layer the way its weight is split
+    (output channels, features) and move activations between devices instead: all-to-all and
+    activation all-gathers in the forward pass, an all-to-all of the updates of an embedding's
+    gradient scatter in the backward pass.
+
+    Args:
+      params: pytree of arrays, each placed as the matching leaf of `shardings`.
+      shardings: pytree of `NamedSharding` (the train state's `params` shardings).
+    Returns:
+      the same values, constrained to be replicated.
+    """
+
+    def replicate(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, NamedSharding(sharding.mesh, P()))
+
+    @jax.custom_vjp
+    def gather(tree: Any) -> Any:
+        return jax.tree.map(replicate, tree, shardings)
+
+    def forward(tree: Any) -> tuple[Any, None]:
+        return gather(tree), None
+
+    def backward(_: None, grads: Any) -> tuple[Any]:
+        whole = jax.tree.map(replicate, grads, shardings)
+        return (jax.tree.map(jax.lax.with_sharding_constraint, whole, shardings),)
+
+    gather.defvjp(forward, backward)
+    return gather(params)
 
 
 def make_global_batch(

@@ -123,5 +123,5 @@ def wait_for_all_processes(name: str, timeout_s: float = 1800.0) -> None:
     client = jax_distributed.global_state.client
     if client is None:
         raise RuntimeError("several JAX processes but no distributed client: call "
-                           "real_jax.distributed.maybe_initialize first")
+                           "real_jax.distributed.runtime.maybe_initialize first")
     client.wait_at_barrier(name, int(timeout_s * 1000))

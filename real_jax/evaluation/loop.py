@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
 from data_pipeline.pipeline import load_records, make_eval_iterator
-from data_pipeline.tokenizer import Tokenizer
-from real_jax import sharding as shd
+from real_jax.distributed import sharding as shd
 from real_jax.evaluation import (
     FigureExample,
     Prediction,
@@ -26,9 +23,9 @@ from real_jax.evaluation import (
     write_metrics_json,
     write_predictions_jsonl,
 )
-from real_jax.generation import make_generate_fn, strip_after_eos
-from real_jax.models.real import ReAl
-from real_jax.registration import make_align_fn
+from real_jax.experiment import Experiment
+from real_jax.models.generation import strip_after_eos
+from real_jax.models.registration import make_align_fn
 
 GENERATION_KEYS = ("ref", "main", "question_ids", "question_mask", "index", "valid")
 
@@ -36,41 +33,23 @@ GENERATION_KEYS = ("ref", "main", "question_ids", "question_mask", "index", "val
 class Evaluator:
     """Generates and scores answers for one split; the jitted generator is built once."""
 
-    def __init__(self, model: ReAl, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
-                 mesh: Mesh, split: str) -> None:
-        generation = config.generation
-        self.config = config
-        self.tokenizer = tokenizer
-        self.mesh = mesh
+    def __init__(self, experiment: Experiment, split: str) -> None:
+        self.config = experiment.config
+        self.tokenizer = experiment.tokenizer
+        self.mesh = experiment.mesh
         self.split = split
-        self.records = load_records(config.data.dir, split)
+        self.records = load_records(self.config.data.dir, split)
+        model = experiment.model
         # The figure shows the residual the model saw: of the registered reference, if any.
         self.register = (make_align_fn(model.registration) if model.registration is not None
                          else None)
-        self.generate = make_generate_fn(
-            model,
-            method=generation.method,
-            max_new_tokens=generation.max_answer_tokens,
-            eos_id=tokenizer.eos_id,
-            beam_size=generation.beam_size,
-            length_penalty=generation.length_penalty,
-        )
+        self.generate = experiment.generate_fn()
 
     def _iterator(self):
-        data = self.config.data
-        return make_eval_iterator(
-            data.dir,
-            self.split,
-            batch_size=self.config.eval.batch_size,
-            image_size=data.image_size,
-            question_max_tokens=data.question_max_tokens,
-            answer_max_tokens=data.answer_max_tokens,
-            tokenizer=self.tokenizer,
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
-            question_types=list(data.question_types) or None,
-            limit=data.eval_limit if data.eval_limit > 0 else None,
-        )
+        return make_eval_iterator(self.config.data, self.tokenizer, split=self.split,
+                                  batch_size=self.config.eval.batch_size,
+                                  shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
 
     def predictions(self, variables: Any) -> tuple[list[Prediction], dict[int, dict]]:
         """Answers for the split. Returns the predictions (in split order) and, on process 0, the
@@ -143,7 +122,7 @@ class Evaluator:
 
 def _share_best_metric(metrics: dict[str, Any], path: str) -> dict[str, Any]:
     """Process 0's value of the best-checkpoint metric, on every process."""
-    from real_jax.checkpointing import metric_value
+    from real_jax.training.checkpointing import metric_value
 
     value = np.float64(metric_value(metrics, path) if jax.process_index() == 0 else 0.0)
     value = float(multihost_utils.broadcast_one_to_all(value))

@@ -16,7 +16,6 @@ Stopping early, on purpose or not (README, "Reliability"):
 - A second SIGINT while stopping aborts at once (KeyboardInterrupt).
 """
 
-import dataclasses
 import signal
 import threading
 from pathlib import Path
@@ -27,25 +26,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data_pipeline.pipeline import load_records, load_tokenizer, make_train_iterator
-from data_pipeline.tokenizer import Tokenizer
-from real_jax import sharding as shd
-from real_jax.checkpointing import Checkpointer
-from real_jax.config_checks import validate_config
-from real_jax.distributed import wait_for_all_processes
-from real_jax.evaluate import Evaluator
-from real_jax.metric_writer import MetricWriter, Progress
-from real_jax.models import ReAl, build_model
-from real_jax.optim import make_optimizer
-from real_jax.registration import config_from_data_config
-from real_jax.train_step import (
-    MODEL_INPUT_KEYS,
-    TrainState,
-    abstract_train_state,
-    create_train_state,
-    example_batch,
-    make_train_step,
-)
+from data_pipeline.pipeline import make_train_iterator
+from real_jax.distributed import sharding as shd
+from real_jax.distributed.runtime import wait_for_all_processes
+from real_jax.evaluation.loop import Evaluator
+from real_jax.experiment import build_experiment
+from real_jax.training.checkpointing import Checkpointer
+from real_jax.training.metric_writer import MetricWriter, Progress
+from real_jax.training.state import MODEL_INPUT_KEYS, TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -94,71 +82,6 @@ class StopRequest:
 
         flags = multihost_utils.process_allgather(np.int32(self.signum is not None))
         return bool(np.any(flags))
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Everything built from a config before the first step."""
-
-    config: ml_collections.ConfigDict
-    tokenizer: Tokenizer
-    model: ReAl
-    mesh: jax.sharding.Mesh
-    total_steps: int
-    tx: Any
-    schedule: Any
-    input_shapes: dict
-
-
-def ensure_dataset(config: ml_collections.ConfigDict) -> None:
-    """Generates and prepares the synthetic dataset when the config names one and it is absent."""
-    data = config.data
-    if not data.synthetic_source or (Path(data.dir) / "prepare.json").is_file():
-        return
-    from data_pipeline import prepare, synthetic
-
-    source = Path(data.synthetic_source)
-    questions = source / synthetic.QUESTIONS_CSV
-    if not questions.is_file():
-        logging.info("generating the synthetic dataset (%d subjects) into %s",
-                     data.synthetic_subjects, source)
-        synthetic.generate(source, subjects=data.synthetic_subjects, seed=config.seed,
-                           image_size=data.synthetic_image_size)
-    logging.info("preparing %s into %s", source, data.dir)
-    prepare.main([
-        "--questions", str(questions),
-        "--images", str(source),
-        "--metadata", str(source / synthetic.METADATA_CSV),
-        "--out", str(data.dir),
-        "--resize_shorter", str(data.image_size + data.image_size // 16),
-        *(["--question_types", ",".join(data.question_types)] if data.question_types else []),
-    ])
-
-
-def count_examples(config: ml_collections.ConfigDict, split: str) -> int:
-    types = set(config.data.question_types)
-    records = load_records(config.data.dir, split)
-    return sum(1 for i in range(len(records))
-               if not types or records[i]["question_type"] in types)
-
-
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    validate_config(config, jax.device_count(), jax.process_count())
-    ensure_dataset(config)
-    tokenizer = load_tokenizer(config.data.dir, config.pretrained.gpt2_dir or None)
-    model = build_model(config.model, tokenizer.vocab_size, tokenizer.eos_id,
-                        registration=config_from_data_config(config.data))
-    train = config.train
-    if train.num_train_steps > 0:
-        total_steps = train.num_train_steps
-    else:
-        steps_per_epoch = count_examples(config, config.data.train_split) // train.global_batch_size
-        total_steps = max(1, steps_per_epoch * train.num_epochs)
-    tx, schedule = make_optimizer(config.optim, total_steps)
-    input_shapes = example_batch(train.global_batch_size, config.data.image_size,
-                                 config.data.question_max_tokens, config.data.answer_max_tokens)
-    return Experiment(config, tokenizer, model, shd.make_mesh(), total_steps, tx, schedule,
-                      input_shapes)
 
 
 def variables_of(state: TrainState) -> dict[str, Any]:
@@ -215,24 +138,16 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
     train = config.train
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
-    state, shardings = create_train_state(exp.model, exp.tx, init_rng, exp.input_shapes,
-                                          exp.mesh, fsdp=config.mesh.fsdp)
-    data = config.data
+    state, shardings = exp.init_state(init_rng)
     train_iter = make_train_iterator(
-        data.dir, data.train_split, global_batch_size=train.global_batch_size,
-        image_size=data.image_size, question_max_tokens=data.question_max_tokens,
-        answer_max_tokens=data.answer_max_tokens, tokenizer=exp.tokenizer, seed=config.seed,
-        shard_index=jax.process_index(), shard_count=jax.process_count(),
-        num_workers=data.num_workers, question_types=list(data.question_types) or None,
-        jitter=data.jitter, max_bad_images=data.max_bad_images)
+        config.data, exp.tokenizer, global_batch_size=train.global_batch_size, seed=config.seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
     wait_for_all_processes("real_jax_before_checkpointer")
     checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints,
                                 best_metric=train.best_metric)
     latest = checkpointer.latest_step()
     if latest is not None:
-        abstract, _ = abstract_train_state(exp.model, exp.tx, exp.input_shapes, exp.mesh,
-                                           config.mesh.fsdp)
-        state = checkpointer.restore(latest, abstract, train_iter)
+        state = checkpointer.restore(latest, exp.abstract_state()[0], train_iter)
         logging.info("resumed from %s at step %d", workdir / "checkpoints", latest)
     else:
         state = init_from_pretrained(state, shardings, config.pretrained)
@@ -243,11 +158,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
             # machine without the training data.
             exp.tokenizer.save(workdir / "tokenizer")
 
-    train_step = make_train_step(
-        exp.model, exp.tx, config.loss, exp.mesh, shardings, schedule=exp.schedule,
-        grad_accum_steps=train.grad_accum_steps,
-        skip_nonfinite=train.nonfinite_policy == "skip")
-    evaluator = Evaluator(exp.model, config, exp.tokenizer, exp.mesh, data.eval_split)
+    train_step = exp.train_step(shardings)
+    evaluator = Evaluator(exp, config.data.eval_split)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     step = int(state.step)
     end = exp.total_steps
@@ -310,11 +222,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     step = checkpointer.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    abstract, _ = abstract_train_state(exp.model, exp.tx, exp.input_shapes, exp.mesh,
-                                       config.mesh.fsdp)
-    state = checkpointer.restore(step, abstract)
+    state = checkpointer.restore(step, exp.abstract_state()[0])
     checkpointer.close()
     split = split or config.data.eval_split
-    evaluator = Evaluator(exp.model, config, exp.tokenizer, exp.mesh, split)
+    evaluator = Evaluator(exp, split)
     return evaluator.evaluate(variables_of(state), workdir / f"eval_{split}" / f"step_{step}",
                               score=score)

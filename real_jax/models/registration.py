@@ -2,7 +2,7 @@
 
 Follow-up radiographs are never taken in exactly the same position, so the plain `main - ref`
 turns every shift, tilt or change of magnification into a false difference. With
-`data.register=True` the model first maps `ref` onto `main`'s pixel grid with the transform
+`model.register=True` the model first maps `ref` onto `main`'s pixel grid with the transform
 that maximises their normalised cross-correlation (NCC, blind to exposure differences), then
 forms the residual and encodes both images as usual (README, "Registration").
 
@@ -35,7 +35,7 @@ TRANSFORMS = {"rigid": 3, "similarity": 4, "affine": 6}  # name -> number of par
 
 @dataclasses.dataclass(frozen=True)
 class RegistrationConfig:
-    """How `register` estimates the transform (`data.registration` in the config).
+    """How `register` estimates the transform (`model.registration` in the config).
 
     Attributes:
       transform: `rigid` (rotation, shift), `similarity` (+ isotropic scale) or `affine`.
@@ -51,25 +51,6 @@ class RegistrationConfig:
     steps: int = 20
     learning_rate: float = 0.02
     min_size: int = 16
-
-    def __post_init__(self) -> None:
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"registration transform {self.transform!r} is not one of "
-                             f"{sorted(TRANSFORMS)}")
-        if self.levels < 1 or self.steps < 1 or not self.learning_rate > 0:
-            raise ValueError(f"registration needs levels >= 1, steps >= 1 and learning_rate > 0, "
-                             f"got {self}")
-
-
-def config_from_data_config(data_config: Any) -> RegistrationConfig | None:
-    """`config.data` -> the model's `RegistrationConfig`, or None when `data.register` is off.
-
-    Accepts configs written before registration existed (no `register` field: off).
-    """
-    if not data_config.get("register", False):
-        return None
-    fields = dict(data_config.get("registration", {}) or {})
-    return RegistrationConfig(**fields)
 
 
 def transform_matrix(params: jnp.ndarray, transform: str) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -209,7 +190,7 @@ def mean_displacement_px(matrix_a: jnp.ndarray, shift_a: jnp.ndarray, matrix_b: 
 
 
 __all__ = [
-    "TRANSFORMS", "RegistrationConfig", "config_from_data_config", "estimate_transform",
+    "TRANSFORMS", "RegistrationConfig", "estimate_transform",
     "make_align_fn", "mean_displacement_px", "ncc", "physical_grid", "register", "rotation_degrees",
     "transform_matrix", "warp",
 ]

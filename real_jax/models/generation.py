@@ -3,7 +3,9 @@
 The prompt `[image tokens | question]` is run once through GPT-2 (prefill), filling the cache;
 then one token per step. Questions are left-padded, so every prompt ends at the same position and
 one cache index serves the whole batch; position ids count real tokens only, as in training.
-Finished sequences emit EOS from then on, and the loop stops once every sequence has finished.
+Both return `int32[B, max_new_tokens]` with EOS from the end of each answer on (`strip_after_eos`
+cuts there). Greedy stops once every sequence has emitted EOS; beam search keeps finished
+hypotheses apart from the live beams and stops once no live beam can beat them (`beam_search`).
 """
 
 from collections.abc import Callable, Mapping
@@ -128,6 +130,11 @@ def greedy_search(
     return jax.lax.while_loop(cond, body, carry)[3]
 
 
+def gnmt_length_normaliser(length: jax.Array | int, alpha: float) -> jax.Array:
+    """GNMT's length penalty `((5 + length) / 6) ** alpha` (Wu et al. 2016, eq. 14), `float32`."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
 def beam_search(
     model: ReAl,
     variables: Mapping[str, Any],
@@ -138,58 +145,114 @@ def beam_search(
     beam_size: int,
     length_penalty: float = 0.0,
 ) -> jax.Array:
-    """Beam search; returns the best beam, `int32[B, max_new_tokens]`.
+    """Beam search with a pool of finished hypotheses; returns the best, `int32[B, max_new_tokens]`.
 
-    Beams are ranked by total log-probability divided by `length ** length_penalty` (0: plain
-    log-probability). A finished beam keeps its score and emits EOS. With `beam_size=1` this is
-    exactly greedy search.
+    A hypothesis `y` (tokens generated, EOS included) scores
+    `log p(y | prompt) / ((5 + len(y)) / 6) ** length_penalty` (GNMT); `len(y)` counts the EOS,
+    and a hypothesis cut off at `max_new_tokens` without EOS has `len(y) = max_new_tokens`.
+    `length_penalty=0` ranks by plain log-probability, > 0 favours longer answers.
+
+    Per example, `beam_size` live beams and a pool of the `beam_size` best finished hypotheses
+    (their normalised scores, `-inf` for empty slots). Each step takes the `2 * beam_size` best
+    continuations of the live beams by log-probability; those ending (EOS, or the last step) move
+    to the pool if they rank in the first `beam_size` (the HF / fairseq rule), the best
+    `beam_size` others stay live, so a finished hypothesis never takes a live beam's slot. An
+    example stops (its pool no longer changes) once its pool is full and no live beam can beat
+    the worst entry: log-probabilities only fall as tokens are added, so a live beam's best final
+    score is its log-probability over the largest normaliser still reachable. The loop ends when
+    every example has stopped, or after `max_new_tokens` steps.
+    At the last step every live continuation ends, so the pool is never empty when the search
+    stops and the best live beam competes as a hypothesis of length `max_new_tokens`.
+
+    Output rows are EOS after the end of the answer, as `greedy_search`'s. With `beam_size=1`
+    and `length_penalty=0` the tokens are greedy's; with another penalty one beam can still
+    prefer a later, longer (or earlier, shorter) ending. The search itself is `beam_search_loop`.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     decoder, logits, cache, mask, next_position = _prefill(model, variables, batch,
                                                            max_new_tokens)
-    size, vocab = logits.shape
-    k = beam_size
-    expand = lambda x: jnp.repeat(x, k, axis=0) if x.ndim > 0 else x
-    cache = jax.tree.map(expand, cache)
-    mask = expand(mask)
-    next_position = expand(next_position)
-    logits = expand(logits)
-    scores = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None], (size, 1))
-    tokens = jnp.full((size, k, max_new_tokens), eos_id, jnp.int32)
-    finished = jnp.zeros((size, k), bool)
-    lengths = jnp.zeros((size, k), jnp.int32)
-    only_eos = jnp.where(jnp.arange(vocab) == eos_id, 0.0, -jnp.inf)
+    expand = lambda x: jnp.repeat(x, beam_size, axis=0) if x.ndim > 0 else x
+    mask, next_position = expand(mask), expand(next_position)
+
+    def step_fn(cache: Any, token: jax.Array, step: jax.Array) -> tuple[jax.Array, Any]:
+        return decoder(cache, decoder.embed(token[:, None]), mask, (next_position + step)[:, None])
+
+    return beam_search_loop(expand(logits), jax.tree.map(expand, cache), step_fn,
+                            beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                            length_penalty=length_penalty)
+
+
+def beam_search_loop(
+    logits: jax.Array,
+    state: Any,
+    step_fn: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]],
+    *,
+    beam_size: int,
+    max_new_tokens: int,
+    eos_id: int,
+    length_penalty: float = 0.0,
+) -> jax.Array:
+    """The search of `beam_search` (see there) over any decoder, in one `lax.while_loop`.
+
+    Args:
+      logits: `float[B * beam_size, V]`, the first token's logits; row `b * beam_size + j` is
+        beam j of example b (the same for every j).
+      state: the decoder's state, e.g. its KV cache: a pytree whose leaves are scalars or have
+        `B * beam_size` rows in the same order; rows are reordered as the beams are.
+      step_fn: `(state, tokens int32[B * beam_size], step int32[]) -> (logits, state)`: feeds
+        each beam the token it chose at `step` and returns the next `float[B * beam_size, V]`.
+
+    Returns the best hypothesis per example, `int32[B, max_new_tokens]`, EOS after its end.
+    """
+    k, steps = beam_size, max_new_tokens
+    size, vocab = logits.shape[0] // k, logits.shape[1]
+    # Each parent beam has one EOS continuation, so 2k candidates keep k that go on.
+    width = min(2 * k, k * vocab)
+    # One live beam to start with: the others would only repeat its continuations.
+    live_logp = jnp.full((size, k), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
+    live_tokens = jnp.full((size, k, steps), eos_id, jnp.int32)
+    pool_scores = jnp.full((size, k), -jnp.inf, jnp.float32)
+    pool_tokens = jnp.full((size, k, steps), eos_id, jnp.int32)
+    improvable = jnp.ones((size,), bool)
+    in_first_k = jnp.arange(width) < k
+    gather = lambda x, index: jnp.take_along_axis(x, index[..., None], axis=1)
 
     def cond(carry):
-        step, *_, finished, _ = carry
-        return (step < max_new_tokens) & ~jnp.all(finished)
+        step, improvable = carry[0], carry[-1]
+        return (step < steps) & jnp.any(improvable)
 
     def body(carry):
-        step, logits, cache, scores, tokens, finished, lengths = carry
+        step, logits, state, live_logp, live_tokens, pool_scores, pool_tokens, improvable = carry
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(size, k, vocab)
-        log_probs = jnp.where(finished[..., None], only_eos, log_probs)
-        candidates = (scores[..., None] + log_probs).reshape(size, k * vocab)
-        scores, flat = jax.lax.top_k(candidates, k)
-        beam, token = flat // vocab, (flat % vocab).astype(jnp.int32)
-        take = lambda x: jnp.take_along_axis(x, beam.reshape(beam.shape + (1,) * (x.ndim - 2)), 1)
-        tokens = take(tokens).at[:, :, step].set(token)
-        was_finished = take(finished)
-        lengths = take(lengths) + (~was_finished).astype(jnp.int32)
-        finished = was_finished | (token == eos_id)
-        rows = (jnp.arange(size)[:, None] * k + beam).reshape(-1)
-        cache = jax.tree.map(lambda x: x[rows] if x.ndim > 0 else x, cache)
-        logits, cache = decoder(
-            cache, decoder.embed(token.reshape(-1, 1)), mask, (next_position + step)[:, None]
-        )
-        return step + 1, logits, cache, scores, tokens, finished, lengths
+        candidates = (live_logp[..., None] + log_probs).reshape(size, k * vocab)
+        cand_logp, flat = jax.lax.top_k(candidates, width)
+        parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        cand_tokens = gather(live_tokens, parent).at[:, :, step].set(token)
+        ends = (token == eos_id) | (step == steps - 1)
+        length = step + 1
 
-    carry = (jnp.zeros((), jnp.int32), logits, cache, scores, tokens, finished, lengths)
-    _, _, _, scores, tokens, _, lengths = jax.lax.while_loop(cond, body, carry)
-    if length_penalty:
-        scores = scores / jnp.maximum(lengths, 1).astype(jnp.float32) ** length_penalty
-    best = jnp.argmax(scores, axis=1)
-    return jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
+        # An example that has stopped keeps its pool: its loop runs on only for the others.
+        finished = jnp.where(ends & in_first_k & improvable[:, None],
+                             cand_logp / gnmt_length_normaliser(length, length_penalty), -jnp.inf)
+        pool_scores, pick = jax.lax.top_k(jnp.concatenate([pool_scores, finished], 1), k)
+        pool_tokens = gather(jnp.concatenate([pool_tokens, cand_tokens], 1), pick)
+
+        live_logp, pick = jax.lax.top_k(jnp.where(ends, -jnp.inf, cand_logp), k)
+        live_tokens = gather(cand_tokens, pick)
+        rows = (jnp.arange(size)[:, None] * k + jnp.take_along_axis(parent, pick, 1)).reshape(-1)
+        state = jax.tree.map(lambda x: x[rows] if x.ndim > 0 else x, state)
+        logits, state = step_fn(state, live_tokens[:, :, step].reshape(-1), step)
+
+        # log p <= 0, so dividing by the largest reachable normaliser bounds the final score.
+        largest = jnp.maximum(gnmt_length_normaliser(length + 1, length_penalty),
+                              gnmt_length_normaliser(steps, length_penalty))
+        improvable = improvable & (live_logp[:, 0] / largest > pool_scores[:, -1])
+        return step + 1, logits, state, live_logp, live_tokens, pool_scores, pool_tokens, improvable
+
+    carry = (jnp.zeros((), jnp.int32), logits, state, live_logp, live_tokens, pool_scores,
+             pool_tokens, improvable)
+    return jax.lax.while_loop(cond, body, carry)[6][:, 0]
 
 
 def make_generate_fn(

@@ -1,110 +1,20 @@
-"""The train state, its sharded initialisation, and the one jitted train step.
-
-`create_train_state` first gets the state's shapes with `jax.eval_shape` (nothing allocated),
-derives the shardings from them, then runs the initialiser under `jax.jit(out_shardings=...)` so
-every parameter is created directly in its place on the mesh. `make_train_step` returns a single
-`jax.jit` step over global arrays: forward, losses, backward, optional gradient accumulation
-(`lax.scan` over micro-batches), clipping and AdamW, with the old state donated.
+"""The one jitted train step: forward, losses, backward, optional gradient accumulation
+(`lax.scan` over micro-batches), clipping and the optimizer update, with the old state donated.
 """
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from real_jax import sharding as shd
-from real_jax.losses import consistency_loss, generation_loss
+from real_jax.distributed import sharding as shd
 from real_jax.models.real import ReAl
-
-MODEL_INPUT_KEYS = ("ref", "main", "question_ids", "question_mask", "answer_ids", "answer_mask")
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    # Steps whose update was dropped for a non-finite loss or gradient (train.nonfinite_policy
-    # = skip); part of the checkpoint, so the count survives a resume.
-    skipped_steps: Any = 0
-
-
-def example_batch(
-    batch_size: int, image_size: int, question_max_tokens: int, answer_max_tokens: int
-) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of the model inputs of one batch (README, "Batch format")."""
-    image = jax.ShapeDtypeStruct((batch_size, image_size, image_size), jnp.uint8)
-    question = jax.ShapeDtypeStruct((batch_size, question_max_tokens), jnp.int32)
-    answer = jax.ShapeDtypeStruct((batch_size, answer_max_tokens), jnp.int32)
-    return {
-        "ref": image,
-        "main": image,
-        "question_ids": question,
-        "question_mask": question,
-        "answer_ids": answer,
-        "answer_mask": answer,
-    }
-
-
-def model_args(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
-    return tuple(batch[key] for key in MODEL_INPUT_KEYS)
-
-
-def _init_fn(model: ReAl, tx: optax.GradientTransformation,
-             input_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> Callable[[jax.Array], TrainState]:
-    def init(rng: jax.Array) -> TrainState:
-        dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in input_shapes.items()}
-        variables = model.init({"params": rng, "dropout": rng}, *model_args(dummy), train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            skipped_steps=jnp.zeros((), jnp.int32),
-        )
-
-    return init
-
-
-def abstract_train_state(
-    model: ReAl,
-    tx: optax.GradientTransformation,
-    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
-    mesh: Mesh,
-    fsdp: bool = False,
-) -> tuple[TrainState, Any]:
-    """Shapes, dtypes and shardings of the train state, with nothing allocated.
-
-    Returns `(abstract_state, state_shardings)`; the abstract leaves carry their sharding, so
-    they can serve directly as a checkpoint restore target.
-    """
-    abstract = jax.eval_shape(_init_fn(model, tx, input_shapes), jax.random.key(0))
-    shardings = shd.state_shardings(abstract, mesh, fsdp)
-    with_sharding = jax.tree.map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        abstract, shardings)
-    return with_sharding, shardings
-
-
-def create_train_state(
-    model: ReAl,
-    tx: optax.GradientTransformation,
-    rng: jax.Array,
-    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
-    mesh: Mesh,
-    fsdp: bool = False,
-) -> tuple[TrainState, Any]:
-    """Initialises the state directly in its sharded layout. Returns `(state, state_shardings)`."""
-    _, shardings = abstract_train_state(model, tx, input_shapes, mesh, fsdp)
-    state = jax.jit(_init_fn(model, tx, input_shapes), out_shardings=shardings)(rng)
-    return state, shardings
+from real_jax.training.losses import consistency_loss, generation_loss
+from real_jax.training.state import TrainState, model_args
 
 
 def make_loss_fn(model: ReAl, loss_config: ml_collections.ConfigDict) -> Callable[..., Any]:
@@ -171,6 +81,14 @@ def make_train_step(
     dropped so far, kept in `TrainState.skipped_steps`).
     """
     loss_fn = make_loss_fn(model, loss_config)
+    if shd.is_sharded(state_shardings.params):
+        # FSDP: compute with whole parameters, so that only parameters and gradients move
+        # between devices, never activations (`gather_params`).
+        sharded_loss_fn = loss_fn
+
+        def loss_fn(params: Any, *args: Any):
+            return sharded_loss_fn(shd.gather_params(params, state_shardings.params), *args)
+
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def accumulated_grads(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array):

@@ -1,0 +1,90 @@
+"""The whole benchmark (`run`) and its report: machine, config summary, markdown row."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import date
+from typing import Any
+
+import jax
+import ml_collections
+
+from real_jax.benchmark.jax_side import bench_jax
+from real_jax.benchmark.torch_side import bench_torch
+
+GPT2_VOCAB_SIZE = 50257
+
+
+def machine() -> dict[str, Any]:
+    devices = jax.devices()
+    return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
+            "device_count": len(devices), "process_count": jax.process_count(),
+            "cpu_count": os.cpu_count(), "host": platform.node(),
+            "processor": platform.processor() or platform.machine(),
+            "jax": jax.__version__, "date": date.today().isoformat()}
+
+
+def config_summary(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
+    return {"preset": config.get("preset", "?"), "encoder": config.model.encoder,
+            "dtype": config.model.dtype, "image_size": config.data.image_size,
+            "global_batch_size": config.train.global_batch_size, "vocab_size": vocab_size,
+            "n_layer": config.model.decoder.n_layer, "n_embd": config.model.decoder.n_embd,
+            "variant": config.model.variant}
+
+
+def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
+        steps: int = 10, warmup: int = 2, decode: bool = True,
+        torch: bool = False) -> dict[str, Any]:
+    """The whole benchmark; returns `{"machine", "config", "jax", ["torch", "ratio"]}`."""
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "config": config_summary(config, vocab_size),
+        "jax": bench_jax(config, vocab_size=vocab_size, steps=steps, warmup=warmup,
+                         decode=decode),
+    }
+    if torch:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        result["torch"] = bench_torch(config, vocab_size=vocab_size, steps=steps,
+                                      warmup=warmup, threads=threads, decode=decode)
+        ratio = {"train_samples_per_s": result["jax"]["samples_per_s"]
+                 / result["torch"]["samples_per_s"]}
+        if decode:
+            ratio["decode_greedy_tokens_per_s"] = (result["jax"]["decode_greedy_tokens_per_s"]
+                                                   / result["torch"]["decode_greedy_tokens_per_s"])
+        result["jax_over_torch"] = ratio
+    return result
+
+
+def _fmt(value: float | None, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value / scale:.{digits}f}{unit}"
+
+
+MARKDOWN_HEADER = (
+    "| date | machine | preset | devices | batch | compile s | step s | samples/s | GFLOP/sample "
+    "| achieved TFLOP/s | peak TFLOP/s | MFU | peak mem | greedy tok/s | beam tok/s "
+    "| torch samples/s | JAX/torch train | JAX/torch greedy |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(result: dict[str, Any]) -> str:
+    m, c, j = result["machine"], result["config"], result["jax"]
+    memory = j.get("peak_device_memory_bytes")
+    memory_text = (_fmt(memory, " GiB", 2**30, 2) if memory is not None
+                   else f"n/a (RSS {_fmt(j['peak_rss_bytes'], ' GiB', 2**30, 2)})")
+    torch_result = result.get("torch", {})
+    ratio = result.get("jax_over_torch", {})
+    cells = [
+        m["date"], f"{m['device_kind']} ({m['cpu_count']} cores)" if m["platform"] == "cpu"
+        else m["device_kind"], c["preset"], str(m["device_count"]), str(c["global_batch_size"]),
+        _fmt(j["compile_s"]), _fmt(j["step_s"], digits=3), _fmt(j["samples_per_s"]),
+        _fmt(j["flops_per_sample"], scale=1e9, digits=2),
+        _fmt(j["achieved_flops_per_s"], scale=1e12, digits=3),
+        _fmt(j["peak_flops_per_s"], scale=1e12, digits=3), f"{100 * j['mfu']:.1f} %",
+        memory_text, _fmt(j.get("decode_greedy_tokens_per_s")),
+        _fmt(j.get("decode_beam_tokens_per_s")), _fmt(torch_result.get("samples_per_s")),
+        _fmt(ratio.get("train_samples_per_s"), digits=2),
+        _fmt(ratio.get("decode_greedy_tokens_per_s"), digits=2),
+    ]
+    return "| " + " | ".join(cells) + " |"

@@ -1,0 +1,103 @@
+"""The train state and its sharded initialisation.
+
+`create_train_state` first gets the state's shapes with `jax.eval_shape` (nothing allocated),
+derives the shardings from them, then runs the initialiser under `jax.jit(out_shardings=...)` so
+every parameter is created directly in its place on the mesh.
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from real_jax.distributed import sharding as shd
+from real_jax.models.real import ReAl
+
+MODEL_INPUT_KEYS = ("ref", "main", "question_ids", "question_mask", "answer_ids", "answer_mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    # Steps whose update was dropped for a non-finite loss or gradient (train.nonfinite_policy
+    # = skip); part of the checkpoint, so the count survives a resume.
+    skipped_steps: Any = 0
+
+
+def example_batch(
+    batch_size: int, image_size: int, question_max_tokens: int, answer_max_tokens: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of the model inputs of one batch (README, "Batch format")."""
+    image = jax.ShapeDtypeStruct((batch_size, image_size, image_size), jnp.uint8)
+    question = jax.ShapeDtypeStruct((batch_size, question_max_tokens), jnp.int32)
+    answer = jax.ShapeDtypeStruct((batch_size, answer_max_tokens), jnp.int32)
+    return {
+        "ref": image,
+        "main": image,
+        "question_ids": question,
+        "question_mask": question,
+        "answer_ids": answer,
+        "answer_mask": answer,
+    }
+
+
+def model_args(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
+    return tuple(batch[key] for key in MODEL_INPUT_KEYS)
+
+
+def _init_fn(model: ReAl, tx: optax.GradientTransformation,
+             input_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> Callable[[jax.Array], TrainState]:
+    def init(rng: jax.Array) -> TrainState:
+        dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in input_shapes.items()}
+        variables = model.init({"params": rng, "dropout": rng}, *model_args(dummy), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            skipped_steps=jnp.zeros((), jnp.int32),
+        )
+
+    return init
+
+
+def abstract_train_state(
+    model: ReAl,
+    tx: optax.GradientTransformation,
+    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
+    mesh: Mesh,
+    fsdp: bool = False,
+) -> tuple[TrainState, Any]:
+    """Shapes, dtypes and shardings of the train state, with nothing allocated.
+
+    Returns `(abstract_state, state_shardings)`; the abstract leaves carry their sharding, so
+    they can serve directly as a checkpoint restore target.
+    """
+    abstract = jax.eval_shape(_init_fn(model, tx, input_shapes), jax.random.key(0))
+    shardings = shd.state_shardings(abstract, mesh, fsdp)
+    with_sharding = jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        abstract, shardings)
+    return with_sharding, shardings
+
+
+def create_train_state(
+    model: ReAl,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shapes: Mapping[str, jax.ShapeDtypeStruct],
+    mesh: Mesh,
+    fsdp: bool = False,
+) -> tuple[TrainState, Any]:
+    """Initialises the state directly in its sharded layout. Returns `(state, state_shardings)`."""
+    _, shardings = abstract_train_state(model, tx, input_shapes, mesh, fsdp)
+    state = jax.jit(_init_fn(model, tx, input_shapes), out_shardings=shardings)(rng)
+    return state, shardings

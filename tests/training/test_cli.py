@@ -1,0 +1,36 @@
+"""What the command lines share (`real_jax.cli`): the persistent compilation cache."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from real_jax import cli
+
+
+@pytest.fixture
+def restore_cache_config():
+    saved = {name: getattr(jax.config, name) for name in (
+        "jax_compilation_cache_dir", "jax_enable_compilation_cache",
+        "jax_persistent_cache_min_compile_time_secs")}
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+def test_compiled_programs_land_in_the_chosen_cache_directory(tmp_path, monkeypatch,
+                                                             restore_cache_config):
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    monkeypatch.setattr(cli, "MIN_COMPILE_SECONDS", 0.0)
+    assert cli.use_compilation_cache(True, str(tmp_path / "xla")) == tmp_path / "xla"
+    jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.25).lower(jnp.ones(17)).compile()
+    assert list((tmp_path / "xla").iterdir()), "nothing was written to the cache"
+
+
+def test_cache_defaults_to_the_user_cache_directory_and_can_be_turned_off(
+        tmp_path, monkeypatch, restore_cache_config):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cli.use_compilation_cache(True) == tmp_path / "real_jax" / "xla"
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "real_jax" / "xla")
+    assert cli.use_compilation_cache(False) is None
+    assert not jax.config.jax_enable_compilation_cache
