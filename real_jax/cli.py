@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 from absl import app, flags, logging
+from jax.experimental.compilation_cache import compilation_cache
 
 from data_pipeline.image_files import ImageFileError
 from real_jax.config_checks import ConfigError
@@ -50,6 +51,8 @@ def use_compilation_cache(enabled: bool, directory: str | None = None) -> Path |
     path = Path(directory or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir())
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
+    # JAX opens its cache once, at the first compilation; forget one opened before this call.
+    compilation_cache.reset_cache()
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     logging.info("XLA compilation cache: %s", path)

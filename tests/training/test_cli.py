@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from real_jax import cli
 
@@ -15,10 +16,13 @@ def restore_cache_config():
     yield
     for name, value in saved.items():
         jax.config.update(name, value)
+    compilation_cache.reset_cache()  # reopened at the suite's directory on the next compile
 
 
 def test_compiled_programs_land_in_the_chosen_cache_directory(tmp_path, monkeypatch,
                                                              restore_cache_config):
+    # An earlier compilation in this process has opened the suite's cache already.
+    jax.jit(lambda x: x + 1.0).lower(jnp.ones(3)).compile()
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     monkeypatch.setattr(cli, "MIN_COMPILE_SECONDS", 0.0)
     assert cli.use_compilation_cache(True, str(tmp_path / "xla")) == tmp_path / "xla"
