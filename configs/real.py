@@ -60,6 +60,10 @@ def paper_config() -> ml_collections.ConfigDict:
     config.model.projector_dropout = 0.1
     config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     config.model.blank_images = False  # control: zero images -> text-only prior
+    config.model.main_image_only = False  # control: reference := main image (zero residual)
+    # where L_con compares features: encoder_output (the paper) | pre_activation |
+    # residual_head | projected_tokens (real_jax/models/real.py)
+    config.model.alignment = "encoder_output"
     # Activation checkpointing (ours): the backward pass recomputes each ResNet bottleneck's and
     # GPT-2 block's activations from the block's input instead of keeping them. Same loss and
     # gradients; 1.28x the FLOPs; peak memory -13% at per-device batch 64 by XLA:CPU's estimate

@@ -19,7 +19,9 @@ in training), with synthetic random batches (no dataset needed):
 - with `--torch`: the same for the PyTorch `TorchReAl` of `real_jax.interop` (built from the
   config with random weights, same batch, as many threads as XLA uses), a train step written the
   same way (generation loss + consistency loss, AdamW, clipping) and its greedy decoding, and the
-  JAX / PyTorch ratios.
+  JAX / PyTorch ratios;
+- with `--components`: each part of the step (encoders, projectors, GPT-2, optimizer) timed
+  alone in each framework (`real_jax.benchmark.components`), a table beside the whole step.
 
 Prints the results and a markdown row (BENCHMARKS.md's table); `--json` writes them.
 
@@ -51,6 +53,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _VOCAB = flags.DEFINE_integer("vocab_size", GPT2_VOCAB_SIZE, "Decoder vocabulary size.")
 _DECODE = flags.DEFINE_bool("decode", True, "Also time greedy and beam decoding.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch TorchReAl (CPU).")
+_COMPONENTS = flags.DEFINE_bool(
+    "components", False, "Also time each part of the step alone (real_jax.benchmark.components), "
+    "in both frameworks with --torch.")
 _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 _FLOPS_ONLY = flags.DEFINE_bool(
     "flops_only", False, "Only parameters and FLOPs per sample from the lowered program (no "
@@ -71,13 +76,15 @@ def main(argv: list[str]) -> None:
             Path(_JSON.value).write_text(json.dumps(result, indent=1))
         return
     result = run(config, vocab_size=_VOCAB.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                 decode=_DECODE.value, torch=_TORCH.value)
+                 decode=_DECODE.value, torch=_TORCH.value, components=_COMPONENTS.value)
     if jax.process_index() != 0:
         return
     result["command"] = " ".join(["python -m real_jax.bench", *sys.argv[1:]])
     print(json.dumps(result, indent=1))
     print(MARKDOWN_HEADER)
     print(markdown_row(result))
+    if "parts_table" in result:
+        print(result["parts_table"])
     if _JSON.value:
         path = Path(_JSON.value)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import ml_collections
 
 from real_jax.models import DTYPES
 from real_jax.models.generation import GENERATION_METHODS
-from real_jax.models.real import VARIANTS, prefix_length
+from real_jax.models.real import ALIGNMENTS, VARIANTS, prefix_length
 from real_jax.models.registration import TRANSFORMS
 from real_jax.models.resnet import ENCODERS
 from real_jax.training.losses import (
@@ -40,6 +40,10 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
             problems.append(message)
 
     check(model.variant in VARIANTS, f"model.variant={model.variant!r} not in {VARIANTS}")
+    check(model.alignment in ALIGNMENTS,
+          f"model.alignment={model.alignment!r} not in {ALIGNMENTS}")
+    check(not (model.blank_images and model.main_image_only),
+          "model.blank_images and model.main_image_only are two different controls; set one")
     check(model.encoder in ENCODERS, f"model.encoder={model.encoder!r} not in {sorted(ENCODERS)}")
     check(model.dtype in DTYPES, f"model.dtype={model.dtype!r} not in {sorted(DTYPES)}")
     check(model.projector_width % 4 == 0 and model.projector_width % model.projector_heads == 0,

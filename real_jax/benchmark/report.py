@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from real_jax.benchmark.components import jax_parts, parts_table, torch_parts
 from real_jax.benchmark.jax_side import bench_jax
 from real_jax.benchmark.torch_side import bench_torch
 
@@ -35,17 +36,18 @@ def config_summary(config: ml_collections.ConfigDict, vocab_size: int) -> dict[s
 
 def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
         steps: int = 10, warmup: int = 2, decode: bool = True,
-        torch: bool = False) -> dict[str, Any]:
-    """The whole benchmark; returns `{"machine", "config", "jax", ["torch", "ratio"]}`."""
+        torch: bool = False, components: bool = False) -> dict[str, Any]:
+    """The whole benchmark; returns `{"machine", "config", "jax", ["torch", "jax_over_torch"],
+    ["parts", "parts_table"]}` (`parts`: `real_jax.benchmark.components`)."""
     result: dict[str, Any] = {
         "machine": machine(),
         "config": config_summary(config, vocab_size),
         "jax": bench_jax(config, vocab_size=vocab_size, steps=steps, warmup=warmup,
                          decode=decode),
     }
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
     if torch:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
         result["torch"] = bench_torch(config, vocab_size=vocab_size, steps=steps,
                                       warmup=warmup, threads=threads, decode=decode)
         ratio = {"train_samples_per_s": result["jax"]["samples_per_s"]
@@ -54,6 +56,16 @@ def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
             ratio["decode_greedy_tokens_per_s"] = (result["jax"]["decode_greedy_tokens_per_s"]
                                                    / result["torch"]["decode_greedy_tokens_per_s"])
         result["jax_over_torch"] = ratio
+    if components:
+        parts = {"jax": jax_parts(config, vocab_size=vocab_size, steps=steps, warmup=warmup)}
+        if torch:
+            parts["torch"] = torch_parts(config, vocab_size=vocab_size, steps=steps,
+                                         warmup=warmup, threads=threads)
+        whole = {"jax": result["jax"]["step_s"]}
+        if torch:
+            whole["torch"] = result["torch"]["step_s"]
+        result["parts"] = parts
+        result["parts_table"] = parts_table(parts["jax"], parts.get("torch"), whole)
     return result
 
 

@@ -12,7 +12,7 @@ from real_jax.benchmark.jax_side import decoded_positions
 from real_jax.benchmark.timing import median_time, peak_rss_bytes, random_batch
 
 
-def _torch_model(config: ml_collections.ConfigDict, vocab_size: int, eos_id: int) -> Any:
+def torch_model(config: ml_collections.ConfigDict, vocab_size: int, eos_id: int) -> Any:
     """`TorchReAl` with random weights for `config.model` (the export's structure summary)."""
     # transformers is already imported (with its Flax models) by the JAX side; do not set
     # USE_FLAX=0 here: it would leak into subprocesses and break their FlaxGPT2 import.
@@ -50,7 +50,7 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     eos_id = vocab_size - 1
-    model = _torch_model(config, vocab_size, eos_id)
+    model = torch_model(config, vocab_size, eos_id)
     batch_size = config.train.global_batch_size
     host = random_batch(config, batch_size, vocab_size, eos_id)
     t = {k: torch.from_numpy(v).long() if "ids" in k or "mask" in k else torch.from_numpy(v)
@@ -70,10 +70,11 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
         mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), t["question_mask"],
                           t["answer_mask"]], dim=1)
         positions = (torch.cumsum(mask, 1) - 1).clamp(min=0)
-        logits = model.decoder(inputs_embeds=embeds, attention_mask=mask,
-                               position_ids=positions).logits
+        hidden = model.decoder.transformer(inputs_embeds=embeds, attention_mask=mask,
+                                           position_ids=positions).last_hidden_state
+        # The LM head only where a loss is taken, as the JAX model does.
         start = prefix.shape[1] + question.shape[1] - 1
-        logits = logits[:, start:start + answer.shape[1]].float()
+        logits = model.decoder.lm_head(hidden[:, start:start + answer.shape[1]]).float()
         nll = F.cross_entropy(logits.transpose(1, 2), t["answer_ids"], reduction="none")
         answer_mask = t["answer_mask"].float()
         loss = ((nll * answer_mask).sum(1) / answer_mask.sum(1).clamp(min=1)).mean()

@@ -13,9 +13,26 @@ parameters. The three variants are the paper's ablation rows (Table 2):
 | `real`           | yes             | yes (full ReAl)  |
 
 `blank_images=True` replaces both images with zeros: the same model then learns only the text
-prior, the control that shows how much the images contribute. With a `registration` config the
+prior, the control that shows how much the images contribute. `main_image_only=True` replaces
+the reference by the main image (the residual is then zero): the control that shows how much of
+a difference answer needs the reference at all. With a `registration` config the
 reference is first aligned to the main image (`real_jax/models/registration.py`) and both the
 residual and the reference encoder see the aligned reference.
+
+Where the consistency loss compares features is `alignment` (`ALIGNMENTS`); the model returns
+the three compared arrays as `features["align_ref" | "align_main" | "align_residual"]`:
+
+- `encoder_output` (the paper's equation literally): the image encoder's output for ref and
+  main, the residual encoder's output for the residual; all post-ReLU.
+- `pre_activation`: the same blocks' outputs before their final ReLU (same parameters).
+- `residual_head`: the image encoder's output for ref and main; for the residual, a learned
+  linear map (`alignment_head`, channels -> channels) of the residual encoder's output.
+- `projected_tokens`: the image projector's tokens for ref and main, the residual projector's
+  tokens for the residual.
+
+Post-ReLU features are >= 0 while `f_ref - f_main` has both signs, so with `encoder_output` the
+residual branch can only match the difference where it is positive; the other three choices
+compare quantities that can take either sign.
 
 The model returns the answer-position logits and the encoders' features; the losses live in
 `real_jax/training/losses.py`.
@@ -37,6 +54,7 @@ from real_jax.models.registration import RegistrationConfig, register
 from real_jax.models.resnet import make_encoder
 
 VARIANTS = ("baseline", "residual_input", "real")
+ALIGNMENTS = ("encoder_output", "pre_activation", "residual_head", "projected_tokens")
 
 
 def prefix_length(variant: str, num_queries: int) -> int:
@@ -78,6 +96,8 @@ class ReAl(nn.Module):
     projector_heads: int = 8
     projector_dropout: float = 0.1
     blank_images: bool = False  # control experiment: the images are replaced by zeros
+    main_image_only: bool = False  # control experiment: the reference is the main image
+    alignment: str = "encoder_output"  # where L_con compares features (ALIGNMENTS)
     registration: RegistrationConfig | None = None  # align ref to main first (model.register)
     dtype: Any = jnp.float32
     remat: bool = False  # activation checkpointing of the ResNet and GPT-2 blocks (model.remat)
@@ -109,6 +129,9 @@ class ReAl(nn.Module):
                 self.encoder, dtype=self.dtype, remat=self.remat, name="residual_encoder"
             )
             self.residual_projector = projector("residual_projector")
+            if self.alignment == "residual_head":
+                self.alignment_head = nn.Dense(self.image_encoder.feature_dim, dtype=self.dtype,
+                                               name="alignment_head")
         self.decoder = GPT2Decoder(self.decoder_config, dtype=self.dtype, remat=self.remat,
                                    name="decoder")
 
@@ -131,10 +154,15 @@ class ReAl(nn.Module):
             respect to them (`real_jax/evaluation/saliency.py`).
         Returns:
           prefix: `float[B, P, D]`, P = `prefix_length` (residual tokens first when present).
-          features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`.
+          features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`, the
+            encoders' outputs; with the residual branch also `align_ref`, `align_main`,
+            `align_residual`, what the consistency loss compares (`alignment`), each
+            `float32[B, S/32, S/32, C]` or, for `projected_tokens`, `float[B, Q, D]`.
         """
         if self.blank_images:
             ref, main = jnp.zeros_like(ref), jnp.zeros_like(main)
+        elif self.main_image_only:
+            ref = main
         elif self.registration is not None:
             ref, _ = register(ref, main, self.registration)
         main_unit = to_unit_float(main)
@@ -142,7 +170,10 @@ class ReAl(nn.Module):
             main_unit = main_unit + main_offset
         ref_unit = to_unit_float(ref)
         pair = interleave_pairs(ref_unit, main_unit)
-        image_features = self.image_encoder(normalize_image(pair), train=train)
+        pre_activation = self.alignment == "pre_activation" and self.has_residual_branch
+        image_raw = self.image_encoder(normalize_image(pair), train=train,
+                                       pre_activation=pre_activation)
+        image_features = nn.relu(image_raw) if pre_activation else image_raw
         image_tokens = self.image_projector(image_features, train=train)
         ref_features, main_features = split_pairs(image_features)
         features = {"ref": ref_features, "main": main_features}
@@ -152,9 +183,29 @@ class ReAl(nn.Module):
             if residual_offset is not None:
                 residual = residual + residual_offset
             residual = normalize_residual(residual)
-            features["residual"] = self.residual_encoder(residual, train=train)
-            groups.insert(0, self.residual_projector(features["residual"], train=train))
+            residual_raw = self.residual_encoder(residual, train=train,
+                                                 pre_activation=pre_activation)
+            features["residual"] = nn.relu(residual_raw) if pre_activation else residual_raw
+            residual_tokens = self.residual_projector(features["residual"], train=train)
+            groups.insert(0, residual_tokens)
+            features.update(self._alignment_features(
+                features, image_raw, residual_raw, image_tokens, residual_tokens))
         return jnp.concatenate(groups, axis=1), features
+
+    def _alignment_features(self, features: dict[str, jnp.ndarray], image_raw: jnp.ndarray,
+                            residual_raw: jnp.ndarray, image_tokens: jnp.ndarray,
+                            residual_tokens: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """`align_ref`, `align_main`, `align_residual`: what L_con compares (module docstring)."""
+        if self.alignment == "encoder_output":
+            pairs, residual = (features["ref"], features["main"]), features["residual"]
+        elif self.alignment == "pre_activation":
+            pairs, residual = split_pairs(image_raw), residual_raw
+        elif self.alignment == "residual_head":
+            pairs = (features["ref"], features["main"])
+            residual = self.alignment_head(features["residual"]).astype(jnp.float32)
+        else:  # projected_tokens
+            pairs, residual = split_pairs(image_tokens), residual_tokens
+        return {"align_ref": pairs[0], "align_main": pairs[1], "align_residual": residual}
 
     def embed_tokens(self, token_ids: jnp.ndarray) -> jnp.ndarray:
         """`int32[B, T]` -> `float[B, T, D]`."""

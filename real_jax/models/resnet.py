@@ -9,6 +9,11 @@ its consistency loss work on spatial features.
 Parameter names: `conv1`, `bn1`, then `layer{s}_{b}` (stage s=1..4, block b) each holding
 `conv1..3`, `bn1..3` and, on projection blocks, `downsample_conv` / `downsample_bn`.
 
+The 1x1 convolutions (`conv1`, `conv3`, `downsample_conv`) run as matrix multiplies over the
+channel axis (`PointwiseConv`): the same parameters as `nn.Conv` with a 1x1 kernel, but XLA:CPU
+takes its convolution path for a 1x1 kernel at 2-5x the time of the equal dot (BENCHMARKS.md,
+section 1), while GPUs run either as one GEMM.
+
 `remat=True` checkpoints each bottleneck block (`flax.linen.remat`): the backward pass keeps only
 the blocks' inputs and recomputes the activations inside a block from its input. Parameter and
 batch-statistics names are the same either way.
@@ -23,6 +28,32 @@ import jax.numpy as jnp
 
 ModuleDef = Any
 
+
+class PointwiseConv(nn.Module):
+    """A bias-free 1x1 convolution with stride `strides` as one matrix multiply:
+    `float[B, H, W, Cin]` -> `float[B, ceil(H/s), ceil(W/s), features]`.
+
+    Its parameter is `nn.Conv(features, (1, 1), use_bias=False)`'s (`kernel`,
+    `float32[1, 1, Cin, features]`, the same initialiser), so checkpoints and torchvision weights
+    fit either module.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    kernel_init: Callable[..., jnp.ndarray] = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
+                            jnp.float32)
+        if self.strides > 1:  # a 1x1 kernel with stride s reads every s-th pixel
+            x = x[:, :: self.strides, :: self.strides]
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        # A 2-D dot: XLA:CPU runs it faster than the same contraction left 4-D.
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel.reshape(kernel.shape[2:]))
+        return y.reshape(*x.shape[:-1], self.features)
+
 # torchvision's BatchNorm2d: eps=1e-5, momentum=0.1 (Flax's momentum is the complement).
 TORCH_BN_EPS = 1e-5
 TORCH_BN_MOMENTUM = 0.9
@@ -34,39 +65,38 @@ class Bottleneck(nn.Module):
     filters: int
     conv: ModuleDef
     norm: ModuleDef
+    pointwise: ModuleDef = PointwiseConv
     strides: int = 1
     project_shortcut: bool = False
     zero_init_last_norm: bool = True
+    activate_output: bool = True  # False: return the sum before its ReLU
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         residual = x
-        y = self.conv(self.filters, (1, 1), padding=0, name="conv1")(x)
+        y = self.pointwise(self.filters, name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self.conv(
             self.filters, (3, 3), strides=(self.strides, self.strides), padding=1, name="conv2"
         )(y)
         y = nn.relu(self.norm(name="bn2")(y))
-        y = self.conv(self.filters * 4, (1, 1), padding=0, name="conv3")(y)
+        y = self.pointwise(self.filters * 4, name="conv3")(y)
         last_norm_init = nn.initializers.zeros if self.zero_init_last_norm else nn.initializers.ones
         y = self.norm(scale_init=last_norm_init, name="bn3")(y)
         if self.project_shortcut:
-            residual = self.conv(
-                self.filters * 4,
-                (1, 1),
-                strides=(self.strides, self.strides),
-                padding=0,
-                name="downsample_conv",
-            )(residual)
+            residual = self.pointwise(self.filters * 4, strides=self.strides,
+                                      name="downsample_conv")(residual)
             residual = self.norm(name="downsample_bn")(residual)
-        return nn.relu(residual + y)
+        return nn.relu(residual + y) if self.activate_output else residual + y
 
 
 class ResNet(nn.Module):
     """A torchvision-layout ResNet trunk.
 
     Call: `float[B, H, W, 3]` (ImageNet-normalised) -> `float32[B, H/32, W/32, C]` with
-    C = `feature_dim` (2048 for ResNet-50). H and W must be multiples of 32.
+    C = `feature_dim` (2048 for ResNet-50). H and W must be multiples of 32. With
+    `pre_activation=True` the last block's output is returned before its final ReLU (the same
+    parameters; `relu` of it is the usual output).
     """
 
     stage_sizes: Sequence[int]
@@ -82,7 +112,8 @@ class ResNet(nn.Module):
         return self.num_filters * 2 ** (len(self.stage_sizes) - 1) * 4
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = True,
+                 pre_activation: bool = False) -> jnp.ndarray:
         conv = partial(self.conv, use_bias=False, dtype=self.dtype)
         norm = partial(
             self.norm,
@@ -98,13 +129,16 @@ class ResNet(nn.Module):
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
+                last = stage == len(self.stage_sizes) - 1 and block == num_blocks - 1
                 x = block_class(
                     filters=self.num_filters * 2**stage,
                     conv=conv,
                     norm=norm,
+                    pointwise=partial(PointwiseConv, dtype=self.dtype),
                     strides=strides,
                     project_shortcut=block == 0,
                     zero_init_last_norm=self.zero_init_last_norm,
+                    activate_output=not (last and pre_activation),
                     name=f"layer{stage + 1}_{block}",
                 )(x)
         return x.astype(jnp.float32)

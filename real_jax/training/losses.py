@@ -2,7 +2,8 @@
 
 `L_gen`: the negative log-likelihood of the answer tokens only (EOS included), averaged over each
 sample's answer length, then over the batch (paper eq. 1). `L_con = ||f_ref - f_main - f_res||^2`
-on the encoders' output features (paper eq. 2); its sign convention and reduction are config
+on the features that `model.alignment` selects (paper eq. 2 takes the encoders' outputs;
+`real_jax/models/real.py` lists the choices); its sign convention and reduction are config
 fields:
 
 - `sign`: `"paper"` takes `f_ref - f_main - f_res` literally; `"main_minus_ref"` takes
@@ -63,9 +64,10 @@ def consistency_loss(
     sign: str = "paper",
     spatial: str = "pooled",
     aggregate: str = "mean",
-    image_target: str = "trainable",
+    image_target: str = "detached",
 ) -> jnp.ndarray:
-    """Residual feature alignment loss; features are `float32[B, h, w, C]`. Returns a scalar."""
+    """Residual feature alignment loss; features are `float[B, ..., C]` (`[B, h, w, C]` maps or
+    `[B, Q, D]` tokens). Returns a scalar `float32`. The defaults are `configs/real.py`'s."""
     if image_target == "detached":
         f_ref, f_main = jax.lax.stop_gradient(f_ref), jax.lax.stop_gradient(f_main)
     elif image_target != "trainable":
@@ -79,7 +81,7 @@ def consistency_loss(
         raise ValueError(f"consistency sign {sign!r} not in {CONSISTENCY_SIGNS}")
     difference = difference.astype(jnp.float32)
     if spatial == "pooled":
-        difference = jnp.mean(difference, axis=(1, 2))  # [B, C]
+        difference = jnp.mean(difference, axis=tuple(range(1, difference.ndim - 1)))  # [B, C]
     elif spatial == "spatial":
         difference = difference.reshape(difference.shape[0], -1, difference.shape[-1])  # [B, hw, C]
     else:

@@ -34,9 +34,9 @@ def make_loss_fn(model: ReAl, loss_config: ml_collections.ConfigDict) -> Callabl
         total = l_gen
         if use_consistency:
             l_con = consistency_loss(
-                features["ref"],
-                features["main"],
-                features["residual"],
+                features["align_ref"],
+                features["align_main"],
+                features["align_residual"],
                 sign=loss_config.consistency_sign,
                 spatial=loss_config.consistency_spatial,
                 aggregate=loss_config.consistency_aggregate,
