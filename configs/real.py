@@ -13,6 +13,8 @@ Presets are chosen after a colon:
     configs/real.py:residual_input    ablation row 2: + residual input, no L_con
     configs/real.py:real              ablation row 3: + residual feature alignment (= paper)
     configs/real.py:synthetic         the demo: small model on the synthetic dataset, CPU, ~15 min
+    configs/real.py:ablation          the demo's model on synthetic data whose difference answers
+                                      need the reference (launch/ablation.py)
     configs/real.py:tiny              tiny model for tests
     configs/real.py:bench             the synthetic model at 128 px, batch 16 (real_jax.bench)
 
@@ -23,7 +25,8 @@ about 20 epochs) and are marked "ours" below.
 
 import ml_collections
 
-PRESETS = ("paper", "baseline", "residual_input", "real", "synthetic", "tiny", "bench")
+PRESETS = ("paper", "baseline", "residual_input", "real", "synthetic", "ablation", "tiny",
+           "bench")
 
 
 def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
@@ -35,6 +38,9 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
         config.model.variant = preset
     elif preset == "synthetic":
         apply_synthetic(config)
+    elif preset == "ablation":
+        apply_synthetic(config)
+        apply_ablation(config)
     elif preset == "tiny":
         apply_synthetic(config)
         apply_tiny(config)
@@ -136,6 +142,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.synthetic_source = ""
     config.data.synthetic_subjects = 1000
     config.data.synthetic_image_size = 128  # generated image width
+    config.data.synthetic_changes = "mixed"  # how findings evolve (data_pipeline/synthetic.py)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 64  # global, like train.global_batch_size
@@ -186,6 +193,16 @@ def apply_synthetic(config: ml_collections.ConfigDict) -> None:
     config.train.log_every_steps = 25
     config.train.eval_every_steps = 500
     config.train.checkpoint_every_steps = 250
+
+
+def apply_ablation(config: ml_collections.ConfigDict) -> None:
+    """`launch/ablation.py`'s preset: the demo's model, 600 steps, on synthetic studies whose
+    findings persist and change level, so that a difference answer needs both images."""
+    config.data.dir = "runs/synthetic_persistent/prepared"
+    config.data.synthetic_source = "runs/synthetic_persistent/raw"
+    config.data.synthetic_changes = "persistent"
+    config.train.num_train_steps = 600
+    config.train.eval_every_steps = 600
 
 
 def apply_tiny(config: ml_collections.ConfigDict) -> None:

@@ -1,6 +1,7 @@
 """Synthetic longitudinal chest X-ray dataset in exactly the MIMIC-Diff-VQA + MIMIC-CXR-JPG layout.
 
     python -m data_pipeline.synthetic --out DIR [--subjects N] [--seed S] [--image_size P]
+        [--changes mixed|persistent]
 
 writes
     DIR/mimic_pair_questions.csv         study_id, subject_id, ref_id, question_type, question,
@@ -10,6 +11,16 @@ writes
 
 Each subject has 2-4 studies; findings (`data_pipeline.vocab.FINDINGS`) appear, disappear or
 change level from one study to the next; pairs are consecutive studies (ref = previous study).
+How findings evolve is `changes` (`CHANGES`):
+
+- `mixed`: a finding resolves (25 %) or changes level (25 %), and 0-2 new ones appear per study.
+  Most difference answers then name findings that are present in one study only, and the main
+  image alone tells much of the answer (a finding in it is usually new).
+- `persistent`: every subject starts with 1-3 findings that mostly stay; from one study to the
+  next each changes level by one step (45 %) or resolves (10 %), and a new one appears in 15 % of
+  studies. Most answers are then "the level of X has changed from A to B" or "nothing has
+  changed" about findings present in both studies, which only a comparison of the two answers:
+  the dataset for measuring what the reference contributes (`launch/ablation.py`).
 Images are rendered by `data_pipeline.synthetic_images`. Deterministic for a seed: all random
 choices come from `numpy.random.SeedSequence(seed)` children, one per subject, so the output does
 not depend on the number of worker processes.
@@ -54,8 +65,13 @@ def _dicom_id(rng: np.random.Generator) -> str:
     return "-".join(f"{int(x):08x}" for x in rng.integers(0, 2**32, size=5, dtype=np.uint64))
 
 
-def _evolve(rng: np.random.Generator, state: dict) -> dict:
+CHANGES = ("mixed", "persistent")
+
+
+def _evolve(rng: np.random.Generator, state: dict, changes: str = "mixed") -> dict:
     """Next study's findings: each may disappear or change level; new ones may appear."""
+    if changes == "persistent":
+        return _evolve_persistent(rng, state)
     new = {}
     for name, f in state.items():
         r = rng.random()
@@ -73,6 +89,27 @@ def _evolve(rng: np.random.Generator, state: dict) -> dict:
     return new
 
 
+def _evolve_persistent(rng: np.random.Generator, state: dict) -> dict:
+    """`persistent` changes (module docstring): one-step level changes of lasting findings."""
+    new = {}
+    for name, f in state.items():
+        r = rng.random()
+        if r < 0.10:
+            continue  # resolved
+        if r < 0.55:
+            step = int(rng.choice([-1, 1]))
+            if not 0 <= f["level"] + step <= 2:
+                step = -step
+            f = {**f, "level": f["level"] + step}
+        new[name] = f
+    if rng.random() < 0.15:
+        absent = [str(n) for n in FINDINGS if n not in state]  # not one that just resolved
+        if absent:
+            name = str(rng.choice(absent))
+            new[name] = _new_finding(rng, name)
+    return new
+
+
 def _new_finding(rng: np.random.Generator, name: str) -> dict:
     spec = FINDINGS[name]
     side = str(rng.choice(["left", "right", "bilateral"])) if spec["lateral"] else "bilateral"
@@ -81,19 +118,19 @@ def _new_finding(rng: np.random.Generator, name: str) -> dict:
 
 
 def _subject_plan(seed_seq: np.random.SeedSequence, subject_id: int, split: str,
-                  study_ids: list[int]) -> dict:
+                  study_ids: list[int], changes: str = "mixed") -> dict:
     """All random choices for one subject: studies, dicoms, findings, acquisitions, questions."""
     rng = np.random.default_rng(seed_seq)
     anat = si.random_anatomy(rng)
     n_studies = int(rng.integers(2, 5))
     assert len(study_ids) >= n_studies
     date = datetime.date(2100 + int(rng.integers(0, 60)), int(rng.integers(1, 13)), 1)
-    state = {str(n): _new_finding(rng, str(n))
-             for n in rng.permutation(list(FINDINGS))[: rng.integers(0, 3)]}
+    first = rng.integers(1, 4) if changes == "persistent" else rng.integers(0, 3)
+    state = {str(n): _new_finding(rng, str(n)) for n in rng.permutation(list(FINDINGS))[:first]}
     studies = []
     for k in range(n_studies):
         if k:
-            state = _evolve(rng, state)
+            state = _evolve(rng, state, changes)
             date += datetime.timedelta(days=int(rng.integers(1, 400)))
         view = "PA" if rng.random() < 0.6 else "AP"
         dicoms = [{"dicom_id": _dicom_id(rng), "view": view, "acq": si.random_acquisition(rng),
@@ -175,8 +212,10 @@ def _splits(n: int, rng: np.random.Generator) -> list[str]:
 
 
 def generate(out: str | Path, subjects: int = 1000, seed: int = 0, image_size: int = 512,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, changes: str = "mixed") -> dict:
     """Write the dataset into `out`; returns counts {subjects, studies, images, rows, pairs}."""
+    if changes not in CHANGES:
+        raise ValueError(f"changes={changes!r} not in {CHANGES}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
@@ -184,7 +223,7 @@ def generate(out: str | Path, subjects: int = 1000, seed: int = 0, image_size: i
     subject_ids = 10_000_000 + top.choice(9_000_000, size=subjects, replace=False)
     splits = _splits(subjects, top)
     study_ids = (50_000_000 + top.choice(10_000_000, size=(subjects, 4), replace=False)).tolist()
-    plans = [_subject_plan(ss, int(sid), sp, st)
+    plans = [_subject_plan(ss, int(sid), sp, st, changes)
              for ss, sid, sp, st in zip(root.spawn(subjects + 1)[1:], subject_ids, splits,
                                         study_ids, strict=True)]
     workers = workers or os.cpu_count() or 1
@@ -231,9 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image_size", type=int, default=512, help="image width in px (height 1.2x)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    ap.add_argument("--changes", default="mixed", choices=CHANGES,
+                    help="how findings evolve between studies (module docstring)")
     a = ap.parse_args(argv)
     t = time.time()
-    counts = generate(a.out, a.subjects, a.seed, a.image_size, a.workers)
+    counts = generate(a.out, a.subjects, a.seed, a.image_size, a.workers, a.changes)
     print(f"wrote {counts} to {a.out} in {time.time() - t:.1f}s")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
+from data_pipeline.synthetic import CHANGES
 from real_jax.models import DTYPES
 from real_jax.models.generation import GENERATION_METHODS
 from real_jax.models.real import ALIGNMENTS, VARIANTS, prefix_length
@@ -40,6 +41,8 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
             problems.append(message)
 
     check(model.variant in VARIANTS, f"model.variant={model.variant!r} not in {VARIANTS}")
+    check(config.data.synthetic_changes in CHANGES,
+          f"data.synthetic_changes={config.data.synthetic_changes!r} not in {CHANGES}")
     check(model.alignment in ALIGNMENTS,
           f"model.alignment={model.alignment!r} not in {ALIGNMENTS}")
     check(not (model.blank_images and model.main_image_only),

@@ -188,7 +188,7 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> None:
         logging.info("generating the synthetic dataset (%d subjects) into %s",
                      data.synthetic_subjects, source)
         synthetic.generate(source, subjects=data.synthetic_subjects, seed=config.seed,
-                           image_size=data.synthetic_image_size)
+                           image_size=data.synthetic_image_size, changes=data.synthetic_changes)
     logging.info("preparing %s into %s", source, data.dir)
     prepare.prepare(
         questions=source / synthetic.QUESTIONS_CSV, images=source,

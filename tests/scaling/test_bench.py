@@ -1,21 +1,24 @@
-"""The benchmark on the tiny preset (JAX and PyTorch side by side) and the scaling script (weak
-scaling) on 1 and 2 forced CPU devices: figures printed, checked only for sanity."""
+"""The benchmark on the tiny preset (JAX and PyTorch side by side, whole step and each part), the
+GPU check script in its CPU mode, and the scaling script (weak scaling) on 1 and 2 forced CPU
+devices: figures printed, checked only for sanity."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from configs.real import get_config
 from real_jax.benchmark import report as bench
+from real_jax.benchmark.components import PARTS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_tiny_jax_and_torch():
     config = get_config("tiny")
-    result = bench.run(config, vocab_size=256, steps=2, warmup=1, torch=True)
+    result = bench.run(config, vocab_size=256, steps=2, warmup=1, torch=True, components=True)
     print(json.dumps(result, indent=1))
     print(bench.MARKDOWN_HEADER)
     row = bench.markdown_row(result)
@@ -32,6 +35,14 @@ def test_bench_tiny_jax_and_torch():
     assert j["peak_device_memory_bytes"] is None or j["peak_device_memory_bytes"] > 0
     assert result["jax_over_torch"]["train_samples_per_s"] > 0
     assert row.count("|") == bench.MARKDOWN_HEADER.splitlines()[0].count("|")
+    # Each part of the step timed alone in both frameworks, beside the whole step.
+    for framework in ("jax", "torch"):
+        parts = result["parts"][framework]
+        assert set(parts) == set(PARTS), parts
+        assert all(math.isfinite(t) and t > 0 for t in parts.values()), parts
+    table = result["parts_table"]
+    assert "| sum of parts |" in table and "| whole train step |" in table
+    assert len(table.strip().splitlines()) == 2 + len(PARTS) + 2
 
 
 def test_scaling_script_on_one_and_two_cpu_devices(scratch):
@@ -49,3 +60,20 @@ def test_scaling_script_on_one_and_two_cpu_devices(scratch):
     assert all(p["efficiency"] > 0 and p["step_s"] > 0 for p in weak)
     assert (scratch / "scaling.png").stat().st_size > 1000
     assert "| weak | 2 | 4 |" in (scratch / "scaling.md").read_text()
+
+
+def test_gpu_check_script_runs_end_to_end_on_cpu(scratch):
+    """`launch/gpu_check.sh` with the tiny preset: its test step (one quick file here; the
+    suite runs the others itself), the benchmark and the summary JSON."""
+    env = dict(os.environ, GPU_CHECK_PRESET="tiny", GPU_CHECK_OUT=str(scratch),
+               GPU_CHECK_TESTS="tests/model/test_pointwise_conv.py", PYTHON=sys.executable)
+    result = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((scratch / "summary.json").read_text())
+    assert "passed" in summary["tests"] and "failed" not in summary["tests"], summary["tests"]
+    assert summary["config"]["preset"] == "tiny"
+    for key in ("compile_s", "step_s", "samples_per_s", "mfu", "decode_greedy_tokens_per_s",
+                "decode_beam_tokens_per_s"):
+        assert math.isfinite(summary["jax"][key]) and summary["jax"][key] > 0, (key, summary)
+    assert (scratch / "devices.txt").read_text().startswith("jax ")

@@ -1,0 +1,71 @@
+#!/bin/bash
+# Everything worth measuring on one GPU, in at most 8 minutes, with its figures as JSON:
+#   1. the tests that run the model on the default device (forward, train step, remat, decoding);
+#   2. the paper-config benchmark (`real_jax.bench`: compile s, step s, samples/s, MFU against a
+#      bf16 matmul peak measured in the same run, peak HBM, greedy and beam tokens/s).
+#
+#   bash launch/gpu_check.sh                      # on the GPU machine
+#   GPU_CHECK_PRESET=tiny bash launch/gpu_check.sh   # anywhere, tiny model (the suite runs this)
+#
+# Writes launch/results/gpu_check_<preset>/{devices.txt,tests.txt,bench.json,summary.json}
+# (GPU_CHECK_OUT overrides the folder). BENCHMARKS.md section 3 says where the figures go.
+#
+# Machines without network: `bash launch/gpu_wheels.sh` (elsewhere) fills launch/wheels with what
+# the GPU image lacks; when that folder is present and the image cannot import the project's
+# dependencies, this script installs the wheels into a virtual environment layered on the
+# image's Python and uses it. The project itself is used from this checkout (PYTHONPATH), so the
+# image's jax, flax, optax, orbax and torch are the ones tested.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PRESET="${GPU_CHECK_PRESET:-paper}"
+OUT="${GPU_CHECK_OUT:-launch/results/gpu_check_${PRESET}}"
+PY="${PYTHON:-python3}"
+TESTS="${GPU_CHECK_TESTS:-tests/model/test_forward_and_generation.py tests/model/test_train_step.py tests/model/test_remat.py tests/model/test_beam_search.py}"
+mkdir -p "${OUT}"
+start=$(date +%s)
+
+imports="import grain, ml_collections, tensorflow_datasets, transformers.models.gpt2.modeling_flax_gpt2"
+if ! "${PY}" -c "${imports}" 2>/dev/null; then
+  if [ ! -d launch/wheels ]; then
+    echo "error: ${PY} lacks the project's dependencies and launch/wheels is absent" \
+         "(run launch/gpu_wheels.sh on a machine with network, or pip install -e .)" >&2
+    exit 2
+  fi
+  VENV="${GPU_CHECK_VENV:-/tmp/real_jax_gpu_venv}"
+  "${PY}" -m venv --system-site-packages "${VENV}"
+  "${VENV}/bin/python" -m pip install --quiet --no-index --no-deps launch/wheels/*.whl
+  PY="${VENV}/bin/python"
+fi
+export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
+"${PY}" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, jax.devices())" | tee "${OUT}/devices.txt"
+
+echo "== tests on the default device"
+# shellcheck disable=SC2086
+timeout 240 "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} 2>&1 | tee "${OUT}/tests.txt" | tail -3
+
+echo "== benchmark (${PRESET})"
+if [ "${PRESET}" = "paper" ]; then
+  # Per-device batch 32: half of what fits an H200 by the CPU memory estimate (BENCHMARKS.md 8).
+  flags=(--config=configs/real.py --config.train.global_batch_size=32 --steps=10 --warmup=2)
+else
+  flags=(--config=configs/real.py:tiny --vocab_size=64 --steps=2 --warmup=1)
+fi
+timeout 330 "${PY}" -m real_jax.bench "${flags[@]}" --json="${OUT}/bench.json" > "${OUT}/bench.txt"
+tail -3 "${OUT}/bench.txt"
+
+"${PY}" - "${OUT}" "$(( $(date +%s) - start ))" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out, seconds = Path(sys.argv[1]), int(sys.argv[2])
+bench = json.loads((out / "bench.json").read_text())
+tests = (out / "tests.txt").read_text().strip().splitlines()
+keys = ("compile_s", "step_s", "samples_per_s", "mfu", "peak_flops_per_s", "peak_device_memory_bytes",
+        "decode_greedy_tokens_per_s", "decode_beam_tokens_per_s")
+summary = {"machine": bench["machine"], "config": bench["config"],
+           "tests": tests[-1] if tests else "no output", "wall_s": seconds,
+           "jax": {k: bench["jax"].get(k) for k in keys}}
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary, indent=1))
+EOF
