@@ -387,11 +387,10 @@ def score_predictions(examples: Sequence[Prediction]) -> dict[str, Any]:
 
 
 def write_predictions_jsonl(path: str | os.PathLike[str], examples: Sequence[Prediction]) -> None:
-    """Writes one JSON object per line with the :class:`Prediction` fields (UTF-8)."""
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps(dataclasses.asdict(example), ensure_ascii=False) + "\n")
+    """Writes one JSON object per line with the :class:`Prediction` fields (UTF-8), atomically
+    (a kill leaves the previous file or none, never a cut-short one)."""
+    _write_atomically(path, "".join(json.dumps(dataclasses.asdict(example), ensure_ascii=False)
+                                    + "\n" for example in examples))
 
 
 def read_predictions_jsonl(path: str | os.PathLike[str]) -> list[Prediction]:
@@ -412,8 +411,14 @@ def read_predictions_jsonl(path: str | os.PathLike[str]) -> list[Prediction]:
 
 
 def write_metrics_json(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
-    """Writes the metrics dict of :func:`score_predictions` as indented JSON."""
+    """Writes the metrics dict of :func:`score_predictions` as indented JSON, atomically."""
+    _write_atomically(path, json.dumps(metrics, indent=2) + "\n")
+
+
+def _write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """`text` to `path` through a temporary file in the same folder and `os.replace`."""
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -160,7 +160,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
 
     train_step = exp.train_step(shardings)
     evaluator = Evaluator(exp, config.data.eval_split)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0,
+                          resume_step=int(state.step))
     step = int(state.step)
     end = exp.total_steps
     if 0 < train.stop_after_steps < end:

@@ -1,9 +1,15 @@
 """Training logs: console lines, TensorBoard event files and a JSONL metrics log.
 
 Only process 0 writes; on other processes every call is a no-op, so callers need not check.
+
+`metrics.jsonl` after a resume: the run that resumes from the checkpoint of step K rewrites
+what came after K. On opening, lines of steps after K (logged by the run that was stopped before
+it could save them) are dropped, and so is a last line cut short by a kill; the resumed run then
+logs those steps again. So the file holds each logged step once, in order, whatever the kills.
 """
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,17 +30,46 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-class MetricWriter:
-    """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/`, logs them too."""
+def trim_metrics_log(path: Path, last_step: int) -> tuple[int, bool]:
+    """Keeps the complete lines of `path` whose step is at most `last_step` (atomically).
 
-    def __init__(self, workdir: str | Path, enabled: bool) -> None:
+    Returns (lines dropped for steps after `last_step`, whether a cut-short line was dropped).
+    """
+    if not path.is_file():
+        return 0, False
+    text = path.read_text()
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # `tail` is "" when the file ends with a newline
+    kept = [line for line in complete if line.strip() and json.loads(line)["step"] <= last_step]
+    dropped = sum(1 for line in complete if line.strip()) - len(kept)
+    if dropped or tail:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped, bool(tail)
+
+
+class MetricWriter:
+    """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/`, logs them too.
+
+    `resume_step`: the step training starts from; logged steps after it are rewritten (module
+    docstring).
+    """
+
+    def __init__(self, workdir: str | Path, enabled: bool, resume_step: int = 0) -> None:
         self.enabled = enabled
         self._tensorboard = None
         if enabled:
             from tensorboardX import SummaryWriter
 
             Path(workdir).mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115
+            path = Path(workdir) / "metrics.jsonl"
+            dropped, cut_short = trim_metrics_log(path, resume_step)
+            if dropped or cut_short:
+                logging.warning("metrics.jsonl: dropped %d lines after step %d%s; this run logs "
+                                "those steps again", dropped, resume_step,
+                                " and a line cut short by a kill" if cut_short else "")
+            self._jsonl = open(path, "a")  # noqa: SIM115
             self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
