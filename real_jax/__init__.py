@@ -18,10 +18,12 @@ Where each concept lives:
   `heatmap` and `saliency` (why an answer), `predictor` (answering new studies).
 - `distributed/`: `sharding` (mesh, shardings, global batches), `runtime` (multi-host start-up).
 - `interop/`: PyTorch weights in and out, `TorchReAl`, its registration (never imports jax).
-- `benchmark/`: the train-step and decoding benchmark, JAX beside PyTorch.
+- `benchmark/`: the train-step and decoding benchmark, JAX beside PyTorch, whole step
+  (`jax_side`, `torch_side`) and part by part (`components`).
 - Command lines, each only parsing flags: `main` (train / evaluate / predict a split),
   `predict` (new studies), `export` (to PyTorch), `bench`.
 
 The data side is the sibling package `data_pipeline` (synthetic data, ingestion, grain
-pipeline); the configs are in `configs/real.py`; the design record is `docs/design.md`.
+pipeline); the configs are in `configs/real.py`; the design record is `docs/design.md`;
+experiments that run many jobs (ablation, scaling, GPU check, soak) are scripts in `launch/`.
 """

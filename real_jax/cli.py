@@ -24,8 +24,9 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from data_pipeline.image_files import ImageFileError
 from real_jax.config_checks import ConfigError
+from real_jax.distributed.runtime import ClusterEnvironmentError
 
-USER_ERRORS = (ConfigError, FileNotFoundError, ImageFileError)
+USER_ERRORS = (ConfigError, FileNotFoundError, ImageFileError, ClusterEnvironmentError)
 USAGE_STATUS = 2
 
 _CACHE = flags.DEFINE_bool("compilation_cache", True,

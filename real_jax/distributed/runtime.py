@@ -38,15 +38,30 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
     "Local device ids this process drives (e.g. one GPU per process: 0); default: all.")
 
 
+class ClusterEnvironmentError(ValueError):
+    """A launcher's variables are malformed or disagree with the processes that came up."""
+
+
+SIZE_VARIABLES = {"slurm": "SLURM_NTASKS", "openmpi": "OMPI_COMM_WORLD_SIZE"}
+
+
 def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
-    """Name of the multi-process launcher found in the environment, or None for one process."""
+    """Name of the multi-process launcher found in the environment, or None for one process.
+
+    A process-count variable that is set but not a positive integer is an error: read as 1 it
+    would start a single-process run on every task, each training alone.
+    """
     env = os.environ if environ is None else environ
 
     def count(name: str) -> int:
-        try:
-            return int(env.get(name, "1"))
-        except ValueError:
+        value = env.get(name)
+        if value is None:
             return 1
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ClusterEnvironmentError(
+                f"{name}={value!r} is not a positive process count; fix the launcher's "
+                f"environment (or unset it for a single-process run)")
+        return int(value)
 
     if env.get("SLURM_JOB_ID") and count("SLURM_NTASKS") > 1:
         return "slurm"
@@ -95,6 +110,12 @@ def maybe_initialize(
     )
     logging.info("process %d/%d: %d local devices, %d in all", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+    env = os.environ if environ is None else environ
+    expected = num_processes or (int(env[SIZE_VARIABLES[cluster]])
+                                 if SIZE_VARIABLES.get(cluster) in env else None)
+    if expected is not None and jax.process_count() != expected:
+        raise ClusterEnvironmentError(
+            f"{cluster}: {expected} processes expected, {jax.process_count()} came up")
     return True
 
 
