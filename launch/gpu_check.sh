@@ -12,9 +12,12 @@
 #
 # Machines without network: `bash launch/gpu_wheels.sh` (elsewhere) fills launch/wheels with what
 # the GPU image lacks; when that folder is present and the image cannot import the project's
-# dependencies, this script installs the wheels into a virtual environment layered on the
-# image's Python and uses it. The project itself is used from this checkout (PYTHONPATH), so the
-# image's jax, flax, optax, orbax and torch are the ones tested.
+# dependencies, this script installs the wheels into a folder of their own (`pip --target`) that
+# goes first on PYTHONPATH, so that they shadow the image's versions (its transformers 5.x) and
+# nothing in the image changes. (A `--system-site-packages` virtual environment would not do:
+# the image's python3 is itself a virtual environment, whose packages a new one does not see.)
+# The project is used from this checkout, so the image's jax, flax, optax, orbax are the ones
+# tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PRESET="${GPU_CHECK_PRESET:-paper}"
@@ -31,10 +34,10 @@ if ! "${PY}" -c "${imports}" 2>/dev/null; then
          "(run launch/gpu_wheels.sh on a machine with network, or pip install -e .)" >&2
     exit 2
   fi
-  VENV="${GPU_CHECK_VENV:-/tmp/real_jax_gpu_venv}"
-  "${PY}" -m venv --system-site-packages "${VENV}"
-  "${VENV}/bin/python" -m pip install --quiet --no-index --no-deps launch/wheels/*.whl
-  PY="${VENV}/bin/python"
+  CARRIED="${GPU_CHECK_SITE:-/tmp/real_jax_carried_wheels}"
+  "${PY}" -m pip install --quiet --no-index --no-deps --upgrade --target "${CARRIED}" \
+    launch/wheels/*.whl
+  export PYTHONPATH="${CARRIED}${PYTHONPATH:+:${PYTHONPATH}}"
 fi
 export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 "${PY}" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
@@ -42,7 +45,11 @@ export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 
 echo "== tests on the default device"
 # shellcheck disable=SC2086
-timeout 240 "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} 2>&1 | tee "${OUT}/tests.txt" | tail -3
+# A failing or slow test is reported (and sets the exit status) but does not stop the benchmark.
+tests_status=0
+timeout 240 "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} > "${OUT}/tests.txt" 2>&1 \
+  || tests_status=$?
+tail -3 "${OUT}/tests.txt"
 
 echo "== benchmark (${PRESET})"
 if [ "${PRESET}" = "paper" ]; then
@@ -54,18 +61,20 @@ fi
 timeout 330 "${PY}" -m real_jax.bench "${flags[@]}" --json="${OUT}/bench.json" > "${OUT}/bench.txt"
 tail -3 "${OUT}/bench.txt"
 
-"${PY}" - "${OUT}" "$(( $(date +%s) - start ))" <<'EOF'
+"${PY}" - "${OUT}" "$(( $(date +%s) - start ))" "${tests_status}" <<'EOF'
 import json, sys
 from pathlib import Path
 
-out, seconds = Path(sys.argv[1]), int(sys.argv[2])
+out, seconds, tests_status = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 bench = json.loads((out / "bench.json").read_text())
 tests = (out / "tests.txt").read_text().strip().splitlines()
-keys = ("compile_s", "step_s", "samples_per_s", "mfu", "peak_flops_per_s", "peak_device_memory_bytes",
-        "decode_greedy_tokens_per_s", "decode_beam_tokens_per_s")
+keys = ("compile_s", "step_s", "samples_per_s", "mfu", "peak_flops_per_s",
+        "peak_device_memory_bytes", "decode_greedy_tokens_per_s", "decode_beam_tokens_per_s")
 summary = {"machine": bench["machine"], "config": bench["config"],
-           "tests": tests[-1] if tests else "no output", "wall_s": seconds,
+           "tests": tests[-1] if tests else "no output", "tests_exit_status": tests_status,
+           "wall_s": seconds,
            "jax": {k: bench["jax"].get(k) for k in keys}}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(json.dumps(summary, indent=1))
 EOF
+exit "${tests_status}"

@@ -9,8 +9,8 @@
 # and its transformers is 5.x, which has no Flax models (the decoder is FlaxGPT2). The set below
 # is those packages plus the dependencies the image does not have, for CPython 3.12 on
 # manylinux x86-64, without their own dependencies (--no-deps: the image's versions stay).
-# launch/gpu_check.sh installs them into a virtual environment layered on the image's Python
-# (`--system-site-packages`), so nothing in the image changes.
+# launch/gpu_check.sh installs them into a folder of their own that goes first on PYTHONPATH,
+# so nothing in the image changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-launch/wheels}"
