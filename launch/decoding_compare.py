@@ -6,8 +6,9 @@
 Restores the workdir's latest checkpoint with the config it was trained with, then scores the
 split once per decoding (`generation.method=greedy`, then `beam` with each width; GNMT length
 normalisation alpha from `--length_penalty`, default the config's `generation.length_penalty`),
-writing each evaluation to `WORKDIR/eval_{split}_{decoding}/step_N/` and a markdown table of the
-difference-subset scores and the decoding time to `WORKDIR/decoding_{split}.md`.
+writing each evaluation to `WORKDIR/eval_{split}_{decoding}/step_N/` (decoding: `greedy`,
+`beam{k}_alpha{a}`) and a markdown table of the difference-subset scores and the decoding time to
+`WORKDIR/decoding_{split}[_alpha{a}].md`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def compare(workdir: Path, split: str, beams: list[int], length_penalty: float |
             config.generation.beam_size = max(beam, 1)
             if length_penalty is not None:
                 config.generation.length_penalty = length_penalty
-        name = "greedy" if beam == 1 else f"beam{beam}"
+        name = "greedy" if beam == 1 else f"beam{beam}_alpha{config.generation.length_penalty:g}"
         evaluator = Evaluator(build_experiment(config, tokenizer=experiment.tokenizer), split)
         start = time.time()
         metrics = evaluator.evaluate(variables, workdir / f"eval_{split}_{name}" / f"step_{step}")
@@ -68,7 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     table = compare(args.workdir, args.split, args.beams, args.length_penalty)
     if jax.process_index() == 0:
-        (args.workdir / f"decoding_{args.split}.md").write_text(table)
+        alpha = "" if args.length_penalty is None else f"_alpha{args.length_penalty:g}"
+        (args.workdir / f"decoding_{args.split}{alpha}.md").write_text(table)
     print(table)
 
 
