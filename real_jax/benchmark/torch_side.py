@@ -60,6 +60,10 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
                             betas=(optim.b1, optim.b2), weight_decay=optim.weight_decay)
     loss_config = config.loss
     use_consistency = config.model.variant == "real" and loss_config.consistency_weight != 0
+    if use_consistency and config.model.alignment != "encoder_output":
+        # TorchReAl mirrors the paper's placement only; timing another would compare unlike steps.
+        raise ValueError(f"--torch times L_con on the encoders' outputs only; "
+                         f"model.alignment={config.model.alignment!r} has no PyTorch twin")
 
     def train_step() -> float:
         model.train()
