@@ -14,14 +14,17 @@ through a preemption and a resume:
    `--minutes` after its first logged step, sampling the resident memory (RSS, the process and
    its children) every `--sample_secs`; SIGTERM at the end, exit 0 expected.
 
-The verdict compares the median RSS of the first and last fifth of the soak after its first
-evaluation and checkpoint (compilation and first-use allocations excluded) and fits a slope;
-exit status 1 when the growth exceeds `--max_growth_mb`.
+The verdict compares the median RSS and open file descriptors (the process and its children) of
+the first and last fifth of the soak after its first evaluation and checkpoint (compilation and
+first-use allocations excluded) and fits an RSS slope; exit status 1 when RSS grows more than
+`--max_growth_mb` or open files more than `--max_open_files_growth`. It also prints the step
+rate (steps/s from metrics.jsonl) of the first and last fifth of the soak.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -42,13 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibrate_secs", type=float, default=60.0)
     parser.add_argument("--sample_secs", type=float, default=5.0)
     parser.add_argument("--max_growth_mb", type=float, default=64.0)
+    parser.add_argument("--max_open_files_growth", type=int, default=16)
     parser.add_argument("--keep", action="store_true", help="keep an existing workdir")
     parser.add_argument("extra", nargs="*", help="more flags for real_jax.main")
     return parser.parse_args(argv)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and all its descendants, in MiB (0 once it has exited)."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -57,10 +61,18 @@ def rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    tree, todo = [], [pid]
     while todo:
         current = todo.pop()
+        tree.append(current)
         todo.extend(children.get(current, []))
+    return tree
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants, in MiB (0 once it has exited)."""
+    total = 0
+    for current in process_tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -68,6 +80,15 @@ def rss_mb(pid: int) -> float:
         except OSError:
             pass
     return total / 1024
+
+
+def open_files(pid: int) -> int:
+    """Open file descriptors of `pid` and all its descendants."""
+    total = 0
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            total += len(list(Path(f"/proc/{current}/fd").iterdir()))
+    return total
 
 
 def metric_rows(workdir: Path) -> list[dict]:
@@ -132,20 +153,27 @@ def main(argv: list[str] | None = None) -> int:
                             stderr=subprocess.STDOUT)
     wait_for_steps(soak, run, resumed_at, log_path)
     start = time.time()
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, int]] = []
     while time.time() - start < args.minutes * 60:
         if soak.poll() is not None:
             raise SystemExit(f"real_jax.main exited with {soak.returncode}; see {log_path}")
-        samples.append((time.time() - start, rss_mb(soak.pid)))
+        samples.append((time.time() - start, rss_mb(soak.pid), open_files(soak.pid)))
         time.sleep(args.sample_secs)
     stop(soak, "soak run")
     log.close()
     return report(args, run, samples, resumed_at, start)
 
 
-def report(args: argparse.Namespace, run: Path, samples: list[tuple[float, float]],
+def steps_per_second(rows: list[dict]) -> float:
+    if len(rows) < 2:
+        return float("nan")
+    return (rows[-1]["step"] - rows[0]["step"]) / max(rows[-1]["time"] - rows[0]["time"], 1e-9)
+
+
+def report(args: argparse.Namespace, run: Path, samples: list[tuple[float, float, int]],
            resumed_at: int, start: float) -> int:
-    """Prints the evaluation cadence and the RSS figures; 1 when the memory grew."""
+    """Prints the evaluation cadence, the RSS, open-file and step-rate figures; 1 when the
+    memory or the open files grew."""
     rows = metric_rows(run)
     evals = [r for r in rows if r["step"] > resumed_at and any(k.startswith("eval/") for k in r)]
     checkpoints = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
@@ -156,7 +184,8 @@ def report(args: argparse.Namespace, run: Path, samples: list[tuple[float, float
           f" s), checkpoints kept {checkpoints}")
     # steady state: after the soak's first evaluation + checkpoint (first-use allocations)
     first_eval = eval_times[0] - start if eval_times else 0.0
-    steady = [(t, m) for t, m in samples if t > first_eval + args.sample_secs] or samples
+    steady = [(t, m) for t, m, _ in samples if t > first_eval + args.sample_secs] or \
+        [(t, m) for t, m, _ in samples]
     fifth = max(1, len(steady) // 5)
     begin = statistics.median(m for _, m in steady[:fifth])
     end = statistics.median(m for _, m in steady[-fifth:])
@@ -166,12 +195,26 @@ def report(args: argparse.Namespace, run: Path, samples: list[tuple[float, float
         t_mean, m_mean = statistics.mean(ts), statistics.mean(ms)
         slope = (sum((t - t_mean) * (m - m_mean) for t, m in steady)
                  / max(sum((t - t_mean) ** 2 for t in ts), 1e-9)) * 60
-    peak = max(m for _, m in samples)
+    peak = max(m for _, m, _ in samples)
     print(f"RSS MiB: first {samples[0][1]:.0f}, steady-state start {begin:.0f}, end {end:.0f}, "
           f"peak {peak:.0f}; growth {end - begin:+.0f} MiB, slope {slope:+.1f} MiB/min")
+    fds = [f for t, _, f in samples if t > first_eval + args.sample_secs] or \
+        [f for _, _, f in samples]
+    fifth_fds = max(1, len(fds) // 5)
+    fds_begin = statistics.median(fds[:fifth_fds])
+    fds_end = statistics.median(fds[-fifth_fds:])
+    print(f"open files: first {samples[0][2]}, steady-state start {fds_begin:.0f}, end "
+          f"{fds_end:.0f}, most {max(f for _, _, f in samples)}")
+    trained = train_rows(run, resumed_at)
+    fifth_rows = max(2, len(trained) // 5)
+    print(f"steps/s: first fifth {steps_per_second(trained[:fifth_rows]):.2f}, last fifth "
+          f"{steps_per_second(trained[-fifth_rows:]):.2f}")
     grew = end - begin > args.max_growth_mb
-    print("verdict:", f"GROWS (> {args.max_growth_mb:.0f} MiB)" if grew else "flat")
-    return 1 if grew else 0
+    leaked = fds_end - fds_begin > args.max_open_files_growth
+    print("verdict:", "flat" if not (grew or leaked) else
+          f"GROWS (RSS > {args.max_growth_mb:.0f} MiB or open files > "
+          f"{args.max_open_files_growth})")
+    return 1 if grew or leaked else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 - User mistakes end with one clear line and exit status 2: a flag or config that cannot be
   parsed (an unknown preset, a bad override), a `ConfigError`, a missing file or workdir
   (`FileNotFoundError`), an unreadable image. Real crashes keep their traceback.
+- Failures of the run's surroundings (a checkpoint that cannot be written, another process of
+  the job lost) end with one clear line and exit status 1, at once: the failed save's writers
+  and JAX's shutdown barrier (which waits for every process, dead ones too) would otherwise keep
+  the process alive for minutes.
 - Compiled XLA programs are kept on disk (`--compilation_cache_dir`, default
   `$XDG_CACHE_HOME/real_jax/xla` or `~/.cache/real_jax/xla`; `JAX_COMPILATION_CACHE_DIR` wins
   when set; `--nocompilation_cache` turns it off), so evaluating or predicting again with the
@@ -24,10 +28,13 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from data_pipeline.image_files import ImageFileError
 from real_jax.config_checks import ConfigError
-from real_jax.distributed.runtime import ClusterEnvironmentError
+from real_jax.distributed.runtime import ClusterEnvironmentError, LostProcessError
+from real_jax.training.checkpointing import CheckpointSaveError
 
 USER_ERRORS = (ConfigError, FileNotFoundError, ImageFileError, ClusterEnvironmentError)
 USAGE_STATUS = 2
+RUN_FAILURES = (CheckpointSaveError, LostProcessError)
+FAILURE_STATUS = 1
 
 _CACHE = flags.DEFINE_bool("compilation_cache", True,
                            "Keep compiled XLA programs on disk between runs.")
@@ -89,5 +96,10 @@ def run(main: Callable[[list[str]], None]) -> None:
             main(argv)
         except USER_ERRORS as e:
             fail(str(e))
+        except RUN_FAILURES as e:
+            logging.flush()
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(FAILURE_STATUS)
 
     app.run(guarded, flags_parser=_parse_flags)

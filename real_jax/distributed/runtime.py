@@ -37,9 +37,19 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
     "local_device_ids", None,
     "Local device ids this process drives (e.g. one GPU per process: 0); default: all.")
 
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", None,
+    "A process silent this long counts as dead: JAX's coordination service then ends the "
+    "others (those blocked outside a collective, e.g. in a checkpoint's barrier). Default: "
+    "JAX's (100 s).")
+
 
 class ClusterEnvironmentError(ValueError):
     """A launcher's variables are malformed or disagree with the processes that came up."""
+
+
+class LostProcessError(RuntimeError):
+    """A collective with the other processes of a multi-process run failed (one has died)."""
 
 
 SIZE_VARIABLES = {"slurm": "SLURM_NTASKS", "openmpi": "OMPI_COMM_WORLD_SIZE"}
@@ -79,6 +89,7 @@ def maybe_initialize(
     process_id: int | None = None,
     local_device_ids: Sequence[int] | None = None,
     environ: Mapping[str, str] | None = None,
+    heartbeat_timeout_seconds: int | None = None,
 ) -> bool:
     """Initialises `jax.distributed` when this is a multi-process run; returns whether it did.
 
@@ -107,6 +118,8 @@ def maybe_initialize(
         num_processes=num_processes,
         process_id=process_id,
         local_device_ids=list(local_device_ids) if local_device_ids is not None else None,
+        **({} if heartbeat_timeout_seconds is None
+           else {"heartbeat_timeout_seconds": heartbeat_timeout_seconds}),
     )
     logging.info("process %d/%d: %d local devices, %d in all", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -127,6 +140,7 @@ def initialize_from_flags() -> bool:
         num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value,
         local_device_ids=[int(i) for i in ids] if ids else None,
+        heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
     )
 
 

@@ -109,7 +109,9 @@ def save_examples_figure(
         ax.axis("off")
         _draw_text(fig, ax, ex)
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    tmp = f"{os.fspath(path)}.tmp"  # a kill mid-write leaves no truncated figure
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
 
 
 def _draw_text(fig: Figure, ax: Axes, ex: FigureExample) -> None:

@@ -90,6 +90,7 @@ class Evaluator:
         Returns the metrics (empty without `score`); on processes other than 0, only the
         metric named by `config.train.best_metric` is filled in, broadcast from process 0.
         """
+        logging.info("evaluating the %s split into %s", self.split, out_dir)
         predictions, images = self.predictions(variables)
         metrics: dict[str, Any] = {}
         if jax.process_index() == 0:

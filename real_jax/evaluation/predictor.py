@@ -31,7 +31,7 @@ from real_jax.evaluation.saliency import make_saliency_fn
 from real_jax.experiment import Experiment, build_experiment, restore_config, run_tokenizer
 from real_jax.models.generation import strip_after_eos
 from real_jax.models.registration import make_align_fn
-from real_jax.training.checkpointing import Checkpointer
+from real_jax.training.checkpointing import Checkpointer, restore_newest
 
 DEFAULT_QUESTION = "what has changed compared to the reference image?"
 
@@ -83,20 +83,28 @@ class Predictor:
             checkpointer = Checkpointer(checkpoints, keep=1, best_metric=best_metric,
                                         read_only=True)
             step = checkpointer.best_step()
-        step = latest if step is None and not best else step
-        if step is None or step not in checkpointer.all_steps():
-            what = f"step {step}" if step is not None else ("best" if best else "complete")
+        if step is None and not best:  # the latest, even beside a job that is saving now
+            step, (experiment, state) = restore_newest(
+                checkpointer, lambda s: cls._restore(workdir, checkpointer, s))
+        elif step is None or step not in checkpointer.all_steps():
+            what = f"step {step}" if step is not None else "best"
             raise FileNotFoundError(f"no {what} checkpoint in {checkpoints} (complete steps: "
                                     f"{checkpointer.all_steps()})")
-        config = restore_config(checkpointer.restore_config(step))
-        experiment = build_experiment(config, tokenizer=run_tokenizer(workdir, config),
-                                      devices=jax.devices()[:1], batch_size=1, total_steps=1,
-                                      check=False)
-        state = checkpointer.restore(step, experiment.abstract_state()[0])
+        else:
+            experiment, state = cls._restore(workdir, checkpointer, step)
         checkpointer.close()
         logging.info("restored %s step %d", checkpoints, step)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         return cls(experiment, variables, batch_size)
+
+    @staticmethod
+    def _restore(workdir: Path, checkpointer: Checkpointer, step: int) -> tuple[Experiment, Any]:
+        """The experiment of the run (its saved config, one device) and step `step`'s state."""
+        config = restore_config(checkpointer.restore_config(step))
+        experiment = build_experiment(config, tokenizer=run_tokenizer(workdir, config),
+                                      devices=jax.devices()[:1], batch_size=1, total_steps=1,
+                                      check=False)
+        return experiment, checkpointer.restore(step, experiment.abstract_state()[0])
 
     def prepare(self, ref_path: str | Path, main_path: str | Path,
                 question: str = DEFAULT_QUESTION) -> Pair:

@@ -37,6 +37,7 @@ from real_jax.interop import torch_weights as tw
 from real_jax.interop.torch_model import CONFIG_FILE, ENCODER_FILES, GPT2_DIR, PROJECTOR_FILES
 from real_jax.models.registration import RegistrationConfig
 from real_jax.models.resnet import make_encoder
+from real_jax.training.checkpointing import Checkpointer, restore_newest
 
 EXPORT_FORMAT = "real_jax.torch_export/1"
 
@@ -50,32 +51,38 @@ def restore_variables(workdir: str | Path, step: int | None = None
     directory = Path(workdir).absolute() / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints directory {directory}")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True), item_names=("state", "config"))
+    # Read-only, and the latest step through `restore_newest`: the workdir may belong to a job
+    # that is training and saving right now.
+    checkpointer = Checkpointer(directory, keep=1, best_metric=None, read_only=True)
     try:
-        steps = list(manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (has {steps})")
-        # Every leaf comes back as a host numpy array: no target, no shardings, so a checkpoint
-        # written on any device topology restores here.
-        metadata = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
-        tree = getattr(metadata, "item_metadata", metadata)
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                    getattr(tree, "tree", tree),
-                                    is_leaf=lambda x: not isinstance(x, (dict, list, tuple)))
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(restore_args=restore_args),
-            config=ocp.args.JsonRestore()))
+        if step is None:
+            step, restored = restore_newest(
+                checkpointer, lambda s: _restore_as_numpy(checkpointer.manager, directory, s))
+        else:
+            steps = checkpointer.all_steps()
+            if step not in steps:
+                raise FileNotFoundError(f"no checkpoint for step {step} in {directory} "
+                                        f"(has {steps})")
+            restored = _restore_as_numpy(checkpointer.manager, directory, step)
     finally:
-        manager.close()
+        checkpointer.close()
     state = restored["state"]
     to_numpy = lambda tree: {k: to_numpy(v) if isinstance(v, Mapping) else np.asarray(v)
                              for k, v in tree.items()}
     return (to_numpy(state["params"]), to_numpy(state.get("batch_stats") or {}),
             dict(restored["config"]), int(step))
+
+
+def _restore_as_numpy(manager: ocp.CheckpointManager, directory: Path, step: int) -> Any:
+    """Step `step`'s state and config, every leaf a host numpy array: no target, no shardings,
+    so a checkpoint written on any device topology restores here."""
+    metadata = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
+    tree = getattr(metadata, "item_metadata", metadata)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                getattr(tree, "tree", tree),
+                                is_leaf=lambda x: not isinstance(x, (dict, list, tuple)))
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=restore_args), config=ocp.args.JsonRestore()))
 
 
 def _gpt2_config(model_config: Mapping[str, Any], vocab_size: int, eos_id: int) -> GPT2Config:

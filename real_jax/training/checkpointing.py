@@ -13,10 +13,21 @@ directory, and the earlier complete steps. We do not fall back to an earlier ste
 damage after the atomic rename means the storage or a person changed the files, and silently
 training on from an older step would hide that and, with `keep` checkpoints, soon delete the
 evidence. Deleting (or moving away) the named directory resumes from the previous step.
+
+A save that fails (disk full, storage gone, permission lost) raises `CheckpointSaveError` at the
+next `save` or `wait_until_finished`, naming the step, the error and the latest complete step,
+which the failed save leaves untouched (its partial directory is removed on the next start).
+
+Readers beside a running job (`real_jax.predict`, `--mode=evaluate`, `real_jax.export`) open the
+directory `read_only` (they never clean up the job's in-flight save) and restore through
+`restore_newest`: the job may delete the step a reader picked (it keeps the last N) before the
+reader has read it, and the reader then takes the new latest step.
 """
 
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grain
 import jax
@@ -29,6 +40,10 @@ STATE, DATA_ITERATOR, CONFIG = "state", "data_iterator", "config"
 
 class CheckpointRestoreError(RuntimeError):
     """A complete checkpoint that cannot be restored (damaged, or an incompatible layout)."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, storage gone, permission lost)."""
 
 
 def metric_value(metrics: dict[str, Any], path: str) -> float:
@@ -68,6 +83,7 @@ class Checkpointer:
         cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
         if cleanup is not None:
             cleanup.result()
+        self._in_flight: int | None = None  # the step of the asynchronous save not yet checked
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -88,7 +104,32 @@ class Checkpointer:
         if data_iterator is not None:
             items[DATA_ITERATOR] = grain.checkpoint.CheckpointSave(data_iterator)
         best = metrics if metrics and self.best_metric else None
-        return self.manager.save(step, args=ocp.args.Composite(**items), metrics=best, force=True)
+        # Orbax reports a failed asynchronous write of the previous step when the next save
+        # starts, and a failed write of this step here or in `wait_until_finished`.
+        try:
+            saved = self.manager.save(step, args=ocp.args.Composite(**items), metrics=best,
+                                      force=True)
+        except Exception as e:  # noqa: BLE001 -- whatever Orbax/tensorstore/the OS raise
+            raise self._save_error(step, e) from e
+        self._in_flight = step
+        return saved
+
+    def _complete(self, step: int) -> bool:
+        return (self.directory / str(step)).is_dir()
+
+    def _save_error(self, step: int | None, error: Exception) -> CheckpointSaveError:
+        """The error for a failed write: of the previous asynchronous save if that one did not
+        complete, else of `step`."""
+        if self._in_flight is not None and not self._complete(self._in_flight):
+            step = self._in_flight
+        complete = sorted(int(p.name) for p in self.directory.iterdir()
+                          if p.name.isdigit() and int(p.name) != step)
+        latest = (f"the latest complete checkpoint is step {max(complete)} (untouched)"
+                  if complete else "there is no complete checkpoint yet")
+        return CheckpointSaveError(
+            f"could not write checkpoint step {step} to {self.directory} "
+            f"({type(error).__name__}: {_first_line(error)}); {latest}. Free space or fix the "
+            "storage, then run the same command again to resume.")
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
         """Restores the state into the layout of `abstract_state` (shapes, dtypes, shardings)
@@ -121,10 +162,43 @@ class Checkpointer:
         return restored[CONFIG]
 
     def wait_until_finished(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(self._in_flight, e) from e
+        self._in_flight = None
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else "")[:300]
+
+
+T = TypeVar("T")
+
+
+def restore_newest(checkpointer: Checkpointer, restore: Callable[[int], T], *,
+                   attempts: int = 5) -> tuple[int, T]:
+    """`(step, restore(step))` for the latest complete step, for readers beside a running job.
+
+    If the job deletes that step (it keeps the last N) before `restore` has read it, takes the
+    then latest step; any other failure, or a step that still exists, raises at once.
+    """
+    for attempt in range(attempts):
+        checkpointer.manager.reload()
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {checkpointer.directory}")
+        try:
+            return step, restore(step)
+        except Exception:
+            if (checkpointer.directory / str(step)).exists() or attempt == attempts - 1:
+                raise
+        time.sleep(0.1)
+    raise AssertionError("not reached")
 
 
 def abstract_like(state: Any) -> Any:

@@ -14,6 +14,13 @@ Stopping early, on purpose or not (README, "Reliability"):
 - `train.stop_after_steps=K` ends this job at step K with a checkpoint; the schedule still spans
   `num_train_steps`, so the next job continues exactly where this one stopped.
 - A second SIGINT while stopping aborts at once (KeyboardInterrupt).
+- Another process dying (multi-process runs) makes the next collective fail here within
+  seconds: `LostProcessError` names the failure and the checkpoint to resume from, and the CLI
+  exits at once instead of waiting at JAX's shutdown barrier for the dead process. A process
+  blocked elsewhere (inside a checkpoint's barrier) is ended by JAX's coordination service after
+  `--heartbeat_timeout_seconds` (real_jax/distributed/runtime.py).
+- A checkpoint that cannot be written stops the run with `CheckpointSaveError`
+  (real_jax/training/checkpointing.py); the previous checkpoint stays the latest.
 """
 
 import signal
@@ -28,10 +35,10 @@ from absl import logging
 
 from data_pipeline.pipeline import make_train_iterator
 from real_jax.distributed import sharding as shd
-from real_jax.distributed.runtime import wait_for_all_processes
+from real_jax.distributed.runtime import LostProcessError, wait_for_all_processes
 from real_jax.evaluation.loop import Evaluator
 from real_jax.experiment import build_experiment
-from real_jax.training.checkpointing import Checkpointer
+from real_jax.training.checkpointing import Checkpointer, restore_newest
 from real_jax.training.metric_writer import MetricWriter, Progress
 from real_jax.training.state import MODEL_INPUT_KEYS, TrainState
 
@@ -130,7 +137,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     `train.stop_after_steps` (module docstring).
     """
     with StopRequest() as stop:
-        return _train(config, Path(workdir), stop)
+        try:
+            return _train(config, Path(workdir), stop)
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() == 1:
+                raise
+            raise _lost_process(e, Path(workdir)) from e
+
+
+def _lost_process(error: Exception, workdir: Path) -> LostProcessError:
+    """The error a surviving process reports when a collective with the others failed."""
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+    resume = f"step {steps[-1]}" if steps else "the start (no complete checkpoint yet)"
+    reason = (str(error).strip().splitlines() or [""])[0][:300]
+    return LostProcessError(
+        f"process {jax.process_index()} of {jax.process_count()}: a collective with the other "
+        f"processes failed ({reason}); another process has most likely died. Stopping; start "
+        f"all {jax.process_count()} processes again with the same command to resume from "
+        f"{resume} in {workdir / 'checkpoints'}.")
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) -> dict[str, Any]:
@@ -217,13 +241,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     Writes into `workdir/eval_{split}/step_{N}/`; returns the metrics.
     """
     workdir = Path(workdir)
-    exp = build_experiment(config)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
-                                best_metric=config.train.best_metric, async_save=False)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
+    if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    state = checkpointer.restore(step, exp.abstract_state()[0])
+    exp = build_experiment(config)
+    # Read-only: the workdir may belong to a job that is training and saving right now.
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                                best_metric=config.train.best_metric, read_only=True)
+    abstract = exp.abstract_state()[0]
+    if step is None:
+        step, state = restore_newest(checkpointer, lambda s: checkpointer.restore(s, abstract))
+    else:
+        state = checkpointer.restore(step, abstract)
     checkpointer.close()
     split = split or config.data.eval_split
     evaluator = Evaluator(exp, split)

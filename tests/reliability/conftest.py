@@ -1,6 +1,6 @@
-"""Fixtures: one prepared synthetic dataset for the tiny preset, and helpers that damage a copy
-of it the way real storage does (an image payload that no longer decodes, bytes flipped inside an
-ArrayRecord file)."""
+"""Fixtures: one prepared synthetic dataset for the tiny preset and a copy with an undecodable
+training image, and helpers that damage a copy of it the way real storage does (an image payload
+that no longer decodes, bytes flipped inside an ArrayRecord file)."""
 
 import json
 import shutil
@@ -12,6 +12,7 @@ from data_pipeline import prepare, synthetic
 
 SUBJECTS, SOURCE_IMAGE_SIZE = 16, 80
 TINY_IMAGE_SIZE = 64  # configs/real.py:tiny data.image_size
+BAD_RECORD = 1  # the training record whose reference image `damaged` breaks
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,14 @@ def prepared(tmp_path_factory) -> Path:
                     resize_shorter=TINY_IMAGE_SIZE + TINY_IMAGE_SIZE // 16,
                     question_types=["difference"], workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def damaged(prepared, tmp_path_factory) -> Path:
+    """The prepared dataset with one training image that no longer decodes."""
+    data_dir = copy_dataset(prepared, tmp_path_factory.mktemp("damaged") / "prepared")
+    replace_image(data_dir, "train", BAD_RECORD, "ref_image", b"\xff\xd8\xff\xe0 broken" * 8)
+    return data_dir
 
 
 def copy_dataset(prepared: Path, destination: Path) -> Path:

@@ -1,8 +1,5 @@
-"""Through `python -m real_jax.main` on the tiny preset:
+"""Through `python -m real_jax.main` on the tiny preset (kills and resumes: test_chaos.py):
 
-- SIGTERM mid-run saves a checkpoint at the step reached and exits 0; resuming gives bitwise the
-  parameters, optimizer state and data-iterator position of an uninterrupted run (on a dataset
-  with an undecodable image, which both runs skip and log).
 - Past `data.max_bad_images` that image stops the run with an error naming the record.
 - A huge learning rate makes the loss non-finite: `nonfinite_policy=skip` drops and counts those
   steps (in the state, so the count survives `train.stop_after_steps` + resume); `stop` ends the
@@ -13,100 +10,18 @@
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
-from tests.reliability.conftest import copy_dataset, replace_image
-
-REPO = Path(__file__).resolve().parents[2]
-STEPS = 40
-BAD_RECORD = 1
-
-
-@pytest.fixture(scope="module")
-def damaged(prepared, tmp_path_factory) -> Path:
-    """The prepared dataset with one training image that no longer decodes."""
-    data_dir = copy_dataset(prepared, tmp_path_factory.mktemp("damaged") / "prepared")
-    replace_image(data_dir, "train", BAD_RECORD, "ref_image", b"\xff\xd8\xff\xe0 broken" * 8)
-    return data_dir
-
-
-def main_command(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "real_jax.main", "--config=configs/real.py:tiny",
-            f"--workdir={workdir}", f"--config.data.dir={data_dir}",
-            "--config.data.synthetic_source=", f"--config.train.num_train_steps={STEPS}",
-            "--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1000",
-            "--config.train.eval_every_steps=1000", "--config.data.eval_limit=8",
-            "--config.generation.answer_max_tokens=8", *extra]
-
-
-def run(command: list[str], ok: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            **kwargs)
-    assert (result.returncode == 0) == ok, result.stderr[-5000:]
-    return result
-
-
-def checkpoint_steps(workdir: Path) -> list[int]:
-    directory = workdir / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+from tests.reliability.conftest import BAD_RECORD
+from tests.reliability.runs import checkpoint_steps, main_command, run
 
 
 def saved_state(workdir: Path, step: int) -> dict:
     return ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-
-
-def iterator_state(workdir: Path, step: int) -> list[dict]:
-    """The grain iterator state of each process (position in the shuffled epochs)."""
-    directory = workdir / "checkpoints" / str(step) / "data_iterator"
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("process_*"))]
-
-
-def assert_trees_equal(a: dict, b: dict) -> None:
-    flat_a = dict(ocp.tree.to_flat_dict(a))
-    flat_b = dict(ocp.tree.to_flat_dict(b))
-    assert flat_a.keys() == flat_b.keys()
-    for key, value in flat_a.items():
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_b[key]), err_msg=key)
-
-
-def test_sigterm_saves_and_resume_is_bitwise_exact(damaged, tmp_path):
-    straight = tmp_path / "straight"
-    first = run(main_command(straight, damaged))
-    assert f"unreadable image in record {BAD_RECORD}" in first.stderr  # skipped and logged
-
-    interrupted = tmp_path / "interrupted"
-    log_path = tmp_path / "interrupted.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(main_command(interrupted, damaged), cwd=REPO, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        deadline = time.time() + 600
-        while process.poll() is None and time.time() < deadline:
-            if re.search(r"step [3-9]/", log_path.read_text()):
-                process.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.02)
-        returncode = process.wait(timeout=600)
-    text = log_path.read_text()
-    assert returncode == 0, text[-5000:]
-    stopped = re.search(r"received SIGTERM: stopped at step (\d+) of 40 with a complete checkpoint",
-                        text)
-    assert stopped, text[-5000:]
-    midpoint = int(stopped.group(1))
-    assert 3 <= midpoint < STEPS and checkpoint_steps(interrupted) == [midpoint]
-
-    resumed = run(main_command(interrupted, damaged))
-    assert f"at step {midpoint}" in resumed.stderr
-    assert checkpoint_steps(interrupted) == [midpoint, STEPS]
-    assert_trees_equal(saved_state(straight, STEPS), saved_state(interrupted, STEPS))
-    assert iterator_state(straight, STEPS) == iterator_state(interrupted, STEPS) != []
 
 
 def test_bad_images_past_the_budget_stop_with_the_record_named(damaged, tmp_path):

@@ -1,0 +1,123 @@
+"""Two processes (the local launcher's environment, gloo) when only one of them is signalled or
+dies, through `python -m real_jax.main` on the tiny preset:
+
+1. SIGTERM to one process only: both stop at the same step, each exits 0, and that step is one
+   complete checkpoint (the stop flag is agreed between the processes every step here).
+2. SIGKILL to process 0 (the coordinator) mid-run: process 1's next collective fails, and it
+   exits within seconds with one line that says what happened and where the job resumes, not a
+   hang until a scheduler's limit.
+3. Both started again: they resume from the last complete checkpoint and finish.
+"""
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from launch.local import commands, free_port, launch, process_env
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 30
+EXIT_BOUND_S = 90  # the survivor's exit after the kill: seconds in practice, heartbeat at worst
+GLOO_STARTUP_ERROR = "Gloo context initialization failed"  # see test_multihost.py
+
+
+def train_flags(workdir: Path, data_flags: list[str]) -> list[str]:
+    return ["--config=configs/real.py:tiny", f"--workdir={workdir}",
+            f"--config.train.num_train_steps={STEPS}", "--config.train.checkpoint_every_steps=5",
+            "--config.train.eval_every_steps=1000", "--config.train.log_every_steps=1",
+            "--config.train.stop_check_every_steps=1", "--config.data.eval_limit=8",
+            "--config.data.image_size=32", "--config.generation.answer_max_tokens=4",
+            *data_flags, "--heartbeat_timeout_seconds=30"]
+
+
+class Job:
+    """Two processes started as launch/local.py starts them, each logging to its own file."""
+
+    def __init__(self, args: list[str], log_dir: Path, name: str) -> None:
+        self.logs = [log_dir / f"{name}_process_{i}.log" for i in range(2)]
+        env = process_env(1)
+        self.procs = []
+        for command, log in zip(commands("real_jax.main", 2, free_port(), args), self.logs,
+                                strict=True):
+            with open(log, "w") as out:
+                self.procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                                   stderr=subprocess.STDOUT))
+
+    def text(self, i: int) -> str:
+        return self.logs[i].read_text(errors="replace")
+
+    def wait_for_step(self, step: int, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while not re.search(rf"\] step {step}/{STEPS} ", self.text(0)):
+            assert all(p.poll() is None for p in self.procs) and time.time() < deadline, \
+                self.text(0)[-4000:] + self.text(1)[-4000:]
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def complete_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def start(args: list[str], log_dir: Path, name: str) -> Job:
+    """A job that has reached step 1 (started once more if gloo's start-up deadline passed)."""
+    for attempt in range(2):
+        job = Job(args, log_dir, f"{name}_{attempt}")
+        try:
+            job.wait_for_step(1)
+            return job
+        except AssertionError:
+            job.stop()
+            if attempt or GLOO_STARTUP_ERROR not in job.text(0) + job.text(1):
+                raise
+    raise AssertionError("not reached")
+
+
+def test_one_process_signalled_or_killed_then_both_resume(scratch, tiny_data):
+    _, data_flags = tiny_data
+    workdir = scratch / "run"
+    args = train_flags(workdir, data_flags)
+
+    job = start(args, scratch, "sigterm")
+    try:
+        job.wait_for_step(3)
+        job.procs[1].send_signal(signal.SIGTERM)
+        statuses = [p.wait(timeout=300) for p in job.procs]
+    finally:
+        job.stop()
+    assert statuses == [0, 0], job.text(0)[-3000:] + job.text(1)[-3000:]
+    stopped = [re.search(r"received SIGTERM: stopped at step (\d+) of", job.text(0)),
+               re.search(r"received SIGTERM: stopped at step (\d+) of", job.text(1))]
+    assert all(stopped), job.text(0)[-3000:] + job.text(1)[-3000:]
+    step = int(stopped[0].group(1))
+    assert int(stopped[1].group(1)) == step and complete_steps(workdir)[-1] == step
+    assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+
+    job = start(args, scratch, "sigkill")
+    try:
+        job.wait_for_step(step + 7)
+        job.procs[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        survivor = job.procs[1].wait(timeout=300)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        job.stop()
+    text = job.text(1)
+    assert elapsed < EXIT_BOUND_S, (elapsed, text[-3000:])
+    assert survivor != 0
+    resume = complete_steps(workdir)[-1]
+    assert resume > step
+    assert ("error: process 1 of 2: a collective with the other processes failed" in text
+            and f"to resume from step {resume}" in text), text[-3000:]
+
+    status = launch(2, 1, args, log_dir=scratch / "resumed", timeout=600)
+    resumed = (scratch / "resumed" / "process_0.log").read_text()
+    assert status == 0, resumed[-3000:]
+    assert f"at step {resume}" in resumed and complete_steps(workdir)[-1] == STEPS
