@@ -173,8 +173,11 @@ class Checkpointer:
 
 
 def _first_line(error: Exception) -> str:
+    """The first line of the error, its middle elided when long: tensorstore puts the paths
+    first and the operating system's reason ("No space left on device") last."""
     text = str(error).strip()
-    return (text.splitlines()[0] if text else "")[:300]
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"
 
 
 T = TypeVar("T")

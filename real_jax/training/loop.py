@@ -58,6 +58,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.by_other_process = False  # another process was signalled (multi-process runs)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -88,6 +89,7 @@ class StopRequest:
         from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.int32(self.signum is not None))
+        self.by_other_process = bool(np.any(flags)) and self.signum is None
         return bool(np.any(flags))
 
 
@@ -225,8 +227,12 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
     checkpointer.close()
     writer.close()
     if step < exp.total_steps:
-        reason = (f"received {signal.Signals(stop.signum).name}" if stop.signum is not None
-                  else f"train.stop_after_steps={train.stop_after_steps}")
+        if stop.signum is not None:
+            reason = f"received {signal.Signals(stop.signum).name}"
+        elif stop.by_other_process:
+            reason = "another process received SIGTERM or SIGINT"
+        else:
+            reason = f"train.stop_after_steps={train.stop_after_steps}"
         logging.warning("%s: stopped at step %d of %d with a complete checkpoint in %s; run the "
                         "same command again to continue", reason, step, exp.total_steps,
                         workdir / "checkpoints")

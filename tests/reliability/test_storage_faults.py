@@ -17,12 +17,13 @@ import time
 from tests.reliability.runs import REPO, checkpoint_steps, main_command, partial_saves, run
 
 FIRST_CHECKPOINT = 4
+STEPS = 3 * FIRST_CHECKPOINT
 FILE_SIZE_LIMIT = 100_000  # bytes: the tiny preset's checkpoint array files are 120-650 kB
 
 
 def test_failed_checkpoint_write_stops_the_run_and_the_previous_one_resumes(prepared, tmp_path):
     workdir = tmp_path / "run"
-    command = main_command(workdir, prepared,
+    command = main_command(workdir, prepared, f"--config.train.num_train_steps={STEPS}",
                            f"--config.train.checkpoint_every_steps={FIRST_CHECKPOINT}")
     job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, preexec_fn=lambda: signal.signal(signal.SIGXFSZ,
@@ -42,10 +43,10 @@ def test_failed_checkpoint_write_stops_the_run_and_the_previous_one_resumes(prep
     assert status == 1, text[-5000:]
     error = text[text.index("error: could not write checkpoint step"):]
     assert f"step {2 * FIRST_CHECKPOINT} to {workdir.absolute() / 'checkpoints'}" in error
-    assert "File too large" in error
+    assert "File too large" in error, error
     assert f"the latest complete checkpoint is step {FIRST_CHECKPOINT} (untouched)" in error
     assert checkpoint_steps(workdir) == [FIRST_CHECKPOINT]
 
     resumed = run(command)
     assert f"at step {FIRST_CHECKPOINT}" in resumed.stderr
-    assert checkpoint_steps(workdir)[-1] == 40 and not partial_saves(workdir)
+    assert checkpoint_steps(workdir)[-1] == STEPS and not partial_saves(workdir)

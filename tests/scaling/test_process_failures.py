@@ -49,8 +49,12 @@ class Job:
         return self.logs[i].read_text(errors="replace")
 
     def wait_for_step(self, step: int, timeout: float = 600) -> None:
+        self.wait_for(rf"\] step {step}/{STEPS} ", timeout)
+
+    def wait_for(self, pattern: str, timeout: float = 600) -> None:
+        """Until process 0 logs `pattern`; fails if a process exits first."""
         deadline = time.time() + timeout
-        while not re.search(rf"\] step {step}/{STEPS} ", self.text(0)):
+        while not re.search(pattern, self.text(0)):
             assert all(p.poll() is None for p in self.procs) and time.time() < deadline, \
                 self.text(0)[-4000:] + self.text(1)[-4000:]
             time.sleep(0.02)
@@ -67,11 +71,12 @@ def complete_steps(workdir: Path) -> list[int]:
 
 
 def start(args: list[str], log_dir: Path, name: str) -> Job:
-    """A job that has reached step 1 (started once more if gloo's start-up deadline passed)."""
+    """A job whose processes have met and trained a step (started once more if gloo's start-up
+    deadline passed)."""
     for attempt in range(2):
         job = Job(args, log_dir, f"{name}_{attempt}")
         try:
-            job.wait_for_step(1)
+            job.wait_for(rf"\] step \d+/{STEPS} ")
             return job
         except AssertionError:
             job.stop()
@@ -93,7 +98,8 @@ def test_one_process_signalled_or_killed_then_both_resume(scratch, tiny_data):
     finally:
         job.stop()
     assert statuses == [0, 0], job.text(0)[-3000:] + job.text(1)[-3000:]
-    stopped = [re.search(r"received SIGTERM: stopped at step (\d+) of", job.text(0)),
+    stopped = [re.search(r"another process received SIGTERM or SIGINT: stopped at step (\d+) of",
+                         job.text(0)),
                re.search(r"received SIGTERM: stopped at step (\d+) of", job.text(1))]
     assert all(stopped), job.text(0)[-3000:] + job.text(1)[-3000:]
     step = int(stopped[0].group(1))

@@ -1,13 +1,11 @@
-"""End to end through `python -m real_jax.main`: synthetic data -> train -> checkpoint -> kill -9
--> resume -> evaluate, on the tiny preset."""
+"""End to end through `python -m real_jax.main` on the tiny preset: synthetic data -> train ->
+checkpoint -> evaluate on the test split -> the demo's closing summary. (Kills and resumes in every
+phase of a run: tests/reliability/test_chaos.py.)"""
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ def data_flags(tmp_path_factory):
 def main_command(workdir: Path, data_flags: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "real_jax.main", "--config=configs/real.py:tiny",
             f"--workdir={workdir}", f"--config.train.num_train_steps={TOTAL_STEPS}",
-            "--config.train.checkpoint_every_steps=2", "--config.train.log_every_steps=10",
+            "--config.train.checkpoint_every_steps=20", "--config.train.log_every_steps=10",
             f"--config.train.eval_every_steps={TOTAL_STEPS}", *data_flags, *extra]
 
 
@@ -48,23 +46,9 @@ def finished_checkpoints(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def test_train_kill_resume_evaluate(tmp_path, data_flags):
+def test_train_evaluate_and_summarise(tmp_path, data_flags):
     workdir = tmp_path / "run"
-    log = open(tmp_path / "first_run.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(main_command(workdir, data_flags), cwd=REPO, stdout=log,
-                             stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while not finished_checkpoints(workdir) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    log.close()
-    saved = finished_checkpoints(workdir)
-    assert saved, (tmp_path / "first_run.log").read_text()[-5000:]
-    assert max(saved) < TOTAL_STEPS, "the first run finished before it could be killed"
-
-    resumed = run(main_command(workdir, data_flags))
-    assert f"at step {max(saved)}" in resumed.stderr
+    run(main_command(workdir, data_flags))
     assert max(finished_checkpoints(workdir)) == TOTAL_STEPS
 
     metrics = json.loads((workdir / "eval" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
