@@ -90,10 +90,21 @@ def complete_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def saving(workdir: Path, step: int | None = None) -> bool:
-    """Whether a checkpoint (of `step`, or any) is being written now."""
+def partial_saves(workdir: Path, step: int | None = None) -> set[Path]:
+    """Temporary checkpoint directories (of `step`, or any): saves in flight or left by a kill."""
     pattern = f"{step if step is not None else '*'}.orbax-checkpoint-tmp*"
-    return any((workdir / "checkpoints").glob(pattern))
+    return set((workdir / "checkpoints").glob(pattern))
+
+
+def saving(workdir: Path, stale: set[Path], step: int | None = None) -> bool:
+    """Whether a checkpoint (of `step`, or any) is being written now. `stale`: the temporary
+    directories a killed run left; the restarted run deletes them when it opens the directory
+    (seconds before its first save, which may reuse the name), so a stale path seen gone is
+    dropped from `stale` (in place) and counts as a save in flight when it comes back."""
+    present = partial_saves(workdir)
+    stale &= present
+    in_flight = present - stale
+    return any(step is None or p.name.startswith(f"{step}.") for p in in_flight)
 
 
 class RunLog:
@@ -111,7 +122,7 @@ class RunLog:
         return int(steps[-1]) if steps else None
 
 
-def _trigger(phase: str, workdir: Path, log: RunLog, resumed: int, steps: int,
+def _trigger(phase: str, workdir: Path, stale: set[Path], log: RunLog, resumed: int, steps: int,
              checkpoint_every: int, eval_every: int, rng: np.random.Generator):
     """A function that returns True once the run is in `phase` (polled every millisecond)."""
     if phase == "mid_step":
@@ -126,8 +137,8 @@ def _trigger(phase: str, workdir: Path, log: RunLog, resumed: int, steps: int,
                 float(rng.uniform(0.0, 0.5)))
     if phase == "checkpoint_write":
         target = min((resumed // checkpoint_every + 1) * checkpoint_every, steps)
-        return lambda: saving(workdir, target), 0.0
-    return lambda: saving(workdir, steps), 0.0
+        return lambda: saving(workdir, stale, target), 0.0
+    return lambda: saving(workdir, stale, steps), 0.0
 
 
 def kill_once(command: list[str], workdir: Path, log_path: Path, phase: str, signal_name: str,
@@ -137,8 +148,9 @@ def kill_once(command: list[str], workdir: Path, log_path: Path, phase: str, sig
     done = complete_steps(workdir)
     kill = Kill(phase, signal_name, resumed_from=done[-1] if done else 0)
     log = RunLog(log_path)
-    ready, delay = _trigger(phase, workdir, log, kill.resumed_from, steps, checkpoint_every,
-                            eval_every, rng)
+    stale = partial_saves(workdir)
+    ready, delay = _trigger(phase, workdir, stale, log, kill.resumed_from, steps,
+                            checkpoint_every, eval_every, rng)
     start = time.monotonic()
     with open(log_path, "w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -146,7 +158,8 @@ def kill_once(command: list[str], workdir: Path, log_path: Path, phase: str, sig
             while process.poll() is None and time.monotonic() - start < RUN_TIMEOUT_S:
                 if ready():
                     time.sleep(delay)
-                    kill.hit = _in_phase(phase, workdir, log, steps) and process.poll() is None
+                    kill.hit = (_in_phase(phase, workdir, stale, log, steps)
+                                and process.poll() is None)
                     kill.last_logged_step = log.last_step()
                     process.send_signal(getattr(signal, signal_name))
                     break
@@ -163,10 +176,10 @@ def kill_once(command: list[str], workdir: Path, log_path: Path, phase: str, sig
     return kill
 
 
-def _in_phase(phase: str, workdir: Path, log: RunLog, steps: int) -> bool:
+def _in_phase(phase: str, workdir: Path, stale: set[Path], log: RunLog, steps: int) -> bool:
     text = log.refresh()
     if phase == "checkpoint_write":
-        return saving(workdir)
+        return saving(workdir, stale)
     if phase == "evaluation":
         return text.count("evaluating the") > text.count("evaluated ")
     if phase == "final_save":
