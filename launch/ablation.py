@@ -57,6 +57,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "align_tokens": ("+ alignment of the projected tokens",
                      {"model.alignment": "projected_tokens"}),
     "registration": ("+ alignment (the paper) + registration", {"model.register": True}),
+    "residual_input_registration": ("+ residual input + registration (no alignment)",
+                                    {"model.variant": "residual_input", "model.register": True}),
 }
 DEFAULT_ROWS = ("residual_input", "real", "align_pre_activation", "main_only", "baseline",
                 "registration", "text_prior")

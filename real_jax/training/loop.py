@@ -151,7 +151,7 @@ def _lost_process(error: Exception, workdir: Path) -> LostProcessError:
     """The error a surviving process reports when a collective with the others failed."""
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
     resume = f"step {steps[-1]}" if steps else "the start (no complete checkpoint yet)"
-    reason = (str(error).strip().splitlines() or [""])[0][:300]
+    reason = " ".join(str(error).split())[:1000]  # whole: the first line may not say why
     return LostProcessError(
         f"process {jax.process_index()} of {jax.process_count()}: a collective with the other "
         f"processes failed ({reason}); another process has most likely died. Stopping; start "
