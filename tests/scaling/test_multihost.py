@@ -88,10 +88,14 @@ def test_two_processes_match_one_process(scratch, tiny_data):
     assert "on 4 devices (1 processes)" in single, single[-3000:]
     for attempt in range(2):
         workdir = scratch / f"multi_{attempt}"
+        # A compilation cache of its own: with the suite's shared one, a process that finds the
+        # step compiled waits at gloo's first collective for one that compiles it, past gloo's
+        # fixed 30 s start-up deadline (README, "Multi-host").
         result = subprocess.run(
             [sys.executable, "launch/local.py", "--num_processes", "2",
              "--devices_per_process", "2", "--", *train_flags(workdir, data_flags)],
-            cwd=REPO, capture_output=True, text=True, timeout=600)
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+            env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(workdir / "xla_cache")))
         multi = result.stdout + result.stderr
         if result.returncode == 0 or GLOO_STARTUP_ERROR not in multi:
             break
