@@ -29,7 +29,10 @@ def train_flags(workdir: Path, data_flags: list[str]) -> list[str]:
             "--config.train.eval_every_steps=1000", "--config.train.log_every_steps=1",
             "--config.train.stop_check_every_steps=1", "--config.data.eval_limit=8",
             "--config.data.image_size=32", "--config.generation.answer_max_tokens=4",
-            *data_flags, "--heartbeat_timeout_seconds=30"]
+            *data_flags, "--heartbeat_timeout_seconds=30",
+            # both processes compile at each start: a cache hit on one only can outlast gloo's
+            # 30 s start-up at the first collective (README, "Multi-host")
+            "--nocompilation_cache"]
 
 
 class Job:
