@@ -4,6 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch.chaos import complete_steps as checkpoint_steps
+from launch.chaos import partial_saves
+
+__all__ = ["REPO", "STEPS", "checkpoint_steps", "main_command", "partial_saves", "run"]
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 40
 
@@ -22,12 +27,3 @@ def run(command: list[str], ok: bool = True, **kwargs) -> subprocess.CompletedPr
                             **kwargs)
     assert (result.returncode == 0) == ok, result.stderr[-5000:]
     return result
-
-
-def checkpoint_steps(workdir: Path) -> list[int]:
-    directory = workdir / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def partial_saves(workdir: Path) -> list[Path]:
-    return sorted((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))

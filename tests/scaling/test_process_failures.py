@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from launch.chaos import complete_steps, partial_saves
 from launch.local import commands, free_port, launch, process_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,10 +70,6 @@ class Job:
                 p.wait()
 
 
-def complete_steps(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-
-
 def start(args: list[str], log_dir: Path, name: str) -> Job:
     """A job whose processes have met and trained a step (started once more if gloo's start-up
     deadline passed)."""
@@ -107,7 +104,7 @@ def test_one_process_signalled_or_killed_then_both_resume(scratch, tiny_data):
     assert all(stopped), job.text(0)[-3000:] + job.text(1)[-3000:]
     step = int(stopped[0].group(1))
     assert int(stopped[1].group(1)) == step and complete_steps(workdir)[-1] == step
-    assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+    assert not partial_saves(workdir)
 
     job = start(args, scratch, "sigkill")
     try:
