@@ -1,13 +1,16 @@
 #!/bin/bash
-# Everything worth measuring on one GPU, in at most 8 minutes, with its figures as JSON:
-#   1. the tests that run the model on the default device (forward, train step, remat, decoding);
-#   2. the paper-config benchmark (`real_jax.bench`: compile s, step s, samples/s, MFU against a
-#      bf16 matmul peak measured in the same run, peak HBM, greedy and beam tokens/s).
+# Everything worth measuring on one GPU, in at most 13 minutes, with its figures as JSON:
+#   1. the paper-config benchmark (`real_jax.bench`: compile s, step s, samples/s, MFU against a
+#      bf16 matmul peak measured in the same run, peak HBM, greedy and beam tokens/s);
+#   2. the same train step and greedy decoding in PyTorch on the same GPU (bf16 autocast), in a
+#      process of its own, and the JAX / PyTorch ratios (where torch sees a GPU);
+#   3. the tests that run the model on the default device (forward, train step, remat, decoding;
+#      GPU_CHECK_TESTS_TIMEOUT seconds, 240 by default).
 #
 #   bash launch/gpu_check.sh                      # on the GPU machine
 #   GPU_CHECK_PRESET=tiny bash launch/gpu_check.sh   # anywhere, tiny model (the suite runs this)
 #
-# Writes launch/results/gpu_check_<preset>/{devices.txt,tests.txt,bench.json,summary.json}
+# Writes launch/results/gpu_check_<preset>/{devices.txt,bench.*,torch.*,tests.txt,summary.json}
 # (GPU_CHECK_OUT overrides the folder). BENCHMARKS.md section 3 says where the figures go.
 #
 # Machines without network: `bash launch/gpu_wheels.sh` (elsewhere) fills launch/wheels with what
@@ -43,14 +46,6 @@ export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 "${PY}" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())" | tee "${OUT}/devices.txt"
 
-echo "== tests on the default device"
-# shellcheck disable=SC2086
-# A failing or slow test is reported (and sets the exit status) but does not stop the benchmark.
-tests_status=0
-timeout 240 "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} > "${OUT}/tests.txt" 2>&1 \
-  || tests_status=$?
-tail -3 "${OUT}/tests.txt"
-
 echo "== benchmark (${PRESET})"
 if [ "${PRESET}" = "paper" ]; then
   # Per-device batch 32: half of what fits an H200 by the CPU memory estimate (BENCHMARKS.md 8).
@@ -58,14 +53,37 @@ if [ "${PRESET}" = "paper" ]; then
 else
   flags=(--config=configs/real.py:tiny --vocab_size=64 --steps=2 --warmup=1)
 fi
-timeout 330 "${PY}" -m real_jax.bench "${flags[@]}" --json="${OUT}/bench.json" > "${OUT}/bench.txt"
+bench_status=0
+timeout 330 "${PY}" -m real_jax.bench "${flags[@]}" --json="${OUT}/bench.json" \
+  > "${OUT}/bench.txt" 2>&1 || bench_status=$?
 tail -3 "${OUT}/bench.txt"
 
-"${PY}" - "${OUT}" "$(( $(date +%s) - start ))" "${tests_status}" <<'EOF'
+# The same step in PyTorch on the same GPU, in a process of its own (JAX keeps most of the
+# device's memory); skipped where torch sees no GPU.
+if [ "${GPU_CHECK_TORCH:-1}" = 1 ] \
+  && "${PY}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+then
+  echo "== PyTorch on the GPU (${PRESET})"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 "${PY}" -m real_jax.bench "${flags[@]}" --nojax --torch --torch_device=cuda \
+    --json="${OUT}/torch.json" > "${OUT}/torch.txt" 2>&1 || echo "PyTorch benchmark failed"
+  tail -3 "${OUT}/torch.txt"
+fi
+
+echo "== tests on the default device"
+# shellcheck disable=SC2086
+# A failing or slow test is reported (and sets the exit status) but does not stop the script.
+tests_status=0
+timeout "${GPU_CHECK_TESTS_TIMEOUT:-240}" "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} \
+  > "${OUT}/tests.txt" 2>&1 || tests_status=$?
+tail -3 "${OUT}/tests.txt"
+
+"${PY}" - "${OUT}" "$(( $(date +%s) - start ))" "${tests_status}" "${bench_status}" <<'EOF'
 import json, sys
 from pathlib import Path
 
-out, seconds, tests_status = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+out, seconds, tests_status, bench_status = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+if not (out / "bench.json").exists():
+    sys.exit(f"the benchmark failed (exit status {bench_status}): see {out}/bench.txt")
 bench = json.loads((out / "bench.json").read_text())
 tests = (out / "tests.txt").read_text().strip().splitlines()
 keys = ("compile_s", "step_s", "samples_per_s", "mfu", "peak_flops_per_s",
@@ -74,7 +92,16 @@ summary = {"machine": bench["machine"], "config": bench["config"],
            "tests": tests[-1] if tests else "no output", "tests_exit_status": tests_status,
            "wall_s": seconds,
            "jax": {k: bench["jax"].get(k) for k in keys}}
+if (out / "torch.json").exists():
+    torch_side = json.loads((out / "torch.json").read_text())["torch"]
+    summary["torch"] = {k: torch_side.get(k) for k in (
+        "torch_version", "device", "dtype", "step_s", "samples_per_s",
+        "peak_device_memory_bytes", "decode_greedy_tokens_per_s")}
+    summary["jax_over_torch"] = {
+        "train_samples_per_s": bench["jax"]["samples_per_s"] / torch_side["samples_per_s"],
+        "decode_greedy_tokens_per_s": bench["jax"]["decode_greedy_tokens_per_s"]
+        / torch_side["decode_greedy_tokens_per_s"]}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(json.dumps(summary, indent=1))
 EOF
-exit "${tests_status}"
+exit $(( bench_status || tests_status ))

@@ -19,7 +19,9 @@ in training), with synthetic random batches (no dataset needed):
 - with `--torch`: the same for the PyTorch `TorchReAl` of `real_jax.interop` (built from the
   config with random weights, same batch, as many threads as XLA uses), a train step written the
   same way (generation loss + consistency loss, AdamW, clipping) and its greedy decoding, and the
-  JAX / PyTorch ratios;
+  JAX / PyTorch ratios; on this host's CPU, or with `--torch_device=cuda` on the GPU (bfloat16
+  autocast where `model.dtype` is bfloat16); `--nojax --torch` times PyTorch alone (on one GPU
+  run each framework in its own process: JAX keeps most of the device memory once it has run);
 - with `--components`: each part of the step (encoders, projectors, GPT-2, optimizer) timed
   alone in each framework (`real_jax.benchmark.components`), a table beside the whole step.
 
@@ -46,13 +48,17 @@ from real_jax.benchmark.report import (
     markdown_row,
     run,
 )
+from real_jax.cli import set_gpu_xla_flags
 from real_jax.distributed import runtime as distributed
 
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _VOCAB = flags.DEFINE_integer("vocab_size", GPT2_VOCAB_SIZE, "Decoder vocabulary size.")
 _DECODE = flags.DEFINE_bool("decode", True, "Also time greedy and beam decoding.")
-_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch TorchReAl (CPU).")
+_JAX = flags.DEFINE_bool("jax", True, "Time the JAX step (--nojax --torch: PyTorch alone).")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch TorchReAl.")
+_TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"],
+                                  "Where --torch runs (cuda: bfloat16 autocast as model.dtype).")
 _COMPONENTS = flags.DEFINE_bool(
     "components", False, "Also time each part of the step alone (real_jax.benchmark.components), "
     "in both frameworks with --torch.")
@@ -65,6 +71,7 @@ _FLOPS_ONLY = flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    set_gpu_xla_flags()
     distributed.initialize_from_flags()
     config = flags.FLAGS.config
     if _FLOPS_ONLY.value:
@@ -76,13 +83,15 @@ def main(argv: list[str]) -> None:
             Path(_JSON.value).write_text(json.dumps(result, indent=1))
         return
     result = run(config, vocab_size=_VOCAB.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                 decode=_DECODE.value, torch=_TORCH.value, components=_COMPONENTS.value)
+                 decode=_DECODE.value, jax_side=_JAX.value, torch=_TORCH.value,
+                 torch_device=_TORCH_DEVICE.value, components=_COMPONENTS.value)
     if jax.process_index() != 0:
         return
     result["command"] = " ".join(["python -m real_jax.bench", *sys.argv[1:]])
     print(json.dumps(result, indent=1))
-    print(MARKDOWN_HEADER)
-    print(markdown_row(result))
+    if "jax" in result:
+        print(MARKDOWN_HEADER)
+        print(markdown_row(result))
     if "parts_table" in result:
         print(result["parts_table"])
     if _JSON.value:

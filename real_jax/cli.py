@@ -7,6 +7,12 @@
   the job lost) end with one clear line and exit status 1, at once: the failed save's writers
   and JAX's shutdown barrier (which waits for every process, dead ones too) would otherwise keep
   the process alive for minutes.
+- On GPUs, XLA's Triton GEMM fusion is off (`--xla_gpu_enable_triton_gemm=false` added to
+  `XLA_FLAGS` unless it already names that flag): with jax 0.11.2 on an H200 it aborts the
+  process while compiling the paper config's train step (`triton_tiling_propagation.cc: Check
+  failed: subdim_size_accumulator == dim_size (4096 vs. 128)`,
+  launch/results/gpu_check_paper/first_try_triton_crash); cuBLAS does those matmuls instead.
+  BENCHMARKS.md section 3's H200 figures are with it off.
 - Compiled XLA programs are kept on disk (`--compilation_cache_dir`, default
   `$XDG_CACHE_HOME/real_jax/xla` or `~/.cache/real_jax/xla`; `JAX_COMPILATION_CACHE_DIR` wins
   when set; `--nocompilation_cache` turns it off), so evaluating or predicting again with the
@@ -67,6 +73,21 @@ def use_compilation_cache(enabled: bool, directory: str | None = None) -> Path |
     return path
 
 
+# ours: a workaround for an XLA GPU compiler crash (module docstring); a user's own setting wins.
+GPU_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
+
+
+def set_gpu_xla_flags() -> str:
+    """Adds `GPU_XLA_FLAGS` to `XLA_FLAGS` where their names are not there yet; returns the
+    result. XLA reads the variable when the first backend starts, so call this before any
+    array is made (the CLIs do it first thing)."""
+    flags_now = os.environ.get("XLA_FLAGS", "").split()
+    names = {f.split("=")[0] for f in flags_now}
+    added = [f for f in GPU_XLA_FLAGS if f.split("=")[0] not in names]
+    os.environ["XLA_FLAGS"] = " ".join(flags_now + added)
+    return os.environ["XLA_FLAGS"]
+
+
 def fail(message: str) -> None:
     """Prints `error: message` to stderr and exits with the usage status."""
     print(f"error: {message}", file=sys.stderr)
@@ -91,6 +112,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     """`absl.app.run(main)`, with user mistakes reported in one line (module docstring)."""
 
     def guarded(argv: list[str]) -> None:
+        set_gpu_xla_flags()
         use_compilation_cache(_CACHE.value, _CACHE_DIR.value)
         try:
             main(argv)

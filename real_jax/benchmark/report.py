@@ -35,28 +35,32 @@ def config_summary(config: ml_collections.ConfigDict, vocab_size: int) -> dict[s
 
 
 def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
-        steps: int = 10, warmup: int = 2, decode: bool = True,
-        torch: bool = False, components: bool = False) -> dict[str, Any]:
-    """The whole benchmark; returns `{"machine", "config", "jax", ["torch", "jax_over_torch"],
-    ["parts", "parts_table"]}` (`parts`: `real_jax.benchmark.components`)."""
-    result: dict[str, Any] = {
-        "machine": machine(),
-        "config": config_summary(config, vocab_size),
-        "jax": bench_jax(config, vocab_size=vocab_size, steps=steps, warmup=warmup,
-                         decode=decode),
-    }
+        steps: int = 10, warmup: int = 2, decode: bool = True, jax_side: bool = True,
+        torch: bool = False, torch_device: str = "cpu",
+        components: bool = False) -> dict[str, Any]:
+    """The whole benchmark; returns `{"machine", "config", ["jax"], ["torch"],
+    ["jax_over_torch"], ["parts", "parts_table"]}` (`parts`: `real_jax.benchmark.components`).
+
+    `jax_side=False, torch=True` times PyTorch alone: on a GPU each framework is timed in a
+    process of its own, since JAX holds most of the device's memory once it has run."""
+    result: dict[str, Any] = {"machine": machine(), "config": config_summary(config, vocab_size)}
+    if jax_side:
+        result["jax"] = bench_jax(config, vocab_size=vocab_size, steps=steps, warmup=warmup,
+                                  decode=decode)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
     if torch:
         result["torch"] = bench_torch(config, vocab_size=vocab_size, steps=steps,
-                                      warmup=warmup, threads=threads, decode=decode)
+                                      warmup=warmup, threads=threads, decode=decode,
+                                      device=torch_device)
+    if torch and jax_side:
         ratio = {"train_samples_per_s": result["jax"]["samples_per_s"]
                  / result["torch"]["samples_per_s"]}
         if decode:
             ratio["decode_greedy_tokens_per_s"] = (result["jax"]["decode_greedy_tokens_per_s"]
                                                    / result["torch"]["decode_greedy_tokens_per_s"])
         result["jax_over_torch"] = ratio
-    if components:
+    if components and jax_side:
         parts = {"jax": jax_parts(config, vocab_size=vocab_size, steps=steps, warmup=warmup)}
         if torch:
             parts["torch"] = torch_parts(config, vocab_size=vocab_size, steps=steps,

@@ -1,6 +1,7 @@
 """The PyTorch side of `python -m real_jax.bench`: `TorchReAl` (`real_jax.interop`) built from the
 same config with random weights, a train step written like the JAX one (generation loss +
-consistency loss, AdamW, clipping), and its greedy decoding, on this host's CPU."""
+consistency loss, AdamW, clipping), and its greedy decoding, on this host's CPU (float32) or on
+a CUDA GPU (bfloat16 autocast where `model.dtype` is bfloat16, as the JAX step computes)."""
 
 from __future__ import annotations
 
@@ -42,19 +43,25 @@ def torch_model(config: ml_collections.ConfigDict, vocab_size: int, eos_id: int)
 
 
 def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int, warmup: int,
-                threads: int, decode: bool = True) -> dict[str, Any]:
-    """The PyTorch train step and greedy decoding on this host's CPU (float32)."""
+                threads: int, decode: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """The PyTorch train step and greedy decoding on `device` ("cpu" or "cuda")."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"--torch_device={device}: this torch ({torch.__version__}) sees no GPU")
     eos_id = vocab_size - 1
-    model = torch_model(config, vocab_size, eos_id)
+    model = torch_model(config, vocab_size, eos_id).to(device)
     batch_size = config.train.global_batch_size
     host = random_batch(config, batch_size, vocab_size, eos_id)
-    t = {k: torch.from_numpy(v).long() if "ids" in k or "mask" in k else torch.from_numpy(v)
-         for k, v in host.items()}
+    t = {k: (torch.from_numpy(v).long() if "ids" in k or "mask" in k
+             else torch.from_numpy(v)).to(device) for k, v in host.items()}
+    # On CPU float32 (bf16 matmuls are slower there than f32); on a GPU the JAX step's dtype.
+    bf16 = device != "cpu" and config.model.dtype == "bfloat16"
+    autocast = lambda: torch.autocast("cuda" if bf16 else "cpu", dtype=torch.bfloat16,
+                                      enabled=bf16)
     optim = config.optim
     opt = torch.optim.AdamW(model.parameters(), lr=optim.learning_rate,
                             betas=(optim.b1, optim.b2), weight_decay=optim.weight_decay)
@@ -67,12 +74,21 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
 
     def train_step() -> float:
         model.train()
+        with autocast():
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm)
+        opt.step()
+        return float(loss.detach())  # waits for the device
+
+    def loss_fn() -> torch.Tensor:
         prefix, features = model.encode(t["ref"], t["main"])
         question = model.decoder.transformer.wte(t["question_ids"])
         answer = model.decoder.transformer.wte(t["answer_ids"])
         embeds = torch.cat([prefix, question, answer], dim=1)
-        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), t["question_mask"],
-                          t["answer_mask"]], dim=1)
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long, device=device),
+                          t["question_mask"], t["answer_mask"]], dim=1)
         positions = (torch.cumsum(mask, 1) - 1).clamp(min=0)
         hidden = model.decoder.transformer(inputs_embeds=embeds, attention_mask=mask,
                                            position_ids=positions).last_hidden_state
@@ -88,26 +104,30 @@ def bench_torch(config: ml_collections.ConfigDict, *, vocab_size: int, steps: in
             if loss_config.get("consistency_image_target", "trainable") == "detached":
                 images = images.detach()
             difference = sign * images - features["residual"]
-            difference = difference.mean(dim=(2, 3))  # pooled, [B, C]
+            difference = difference.float().mean(dim=(2, 3))  # pooled, [B, C]
             loss = loss + loss_config.consistency_weight * difference.square().mean(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm)
-        opt.step()
-        return float(loss.detach())
+        return loss
 
     step_s, times = median_time(train_step, steps, warmup)
     result: dict[str, Any] = {"framework": "torch", "torch_version": torch.__version__,
+                              "device": device, "dtype": "bfloat16" if bf16 else "float32",
                               "threads": threads, "step_s": step_s, "step_times_s": times,
                               "samples_per_s": batch_size / step_s}
     if decode:
         model.eval()
         max_new = config.generation.answer_max_tokens
         args = (t["ref"], t["main"], t["question_ids"], t["question_mask"])
-        tokens = model.generate(*args, max_new_tokens=max_new).numpy()
-        seconds, _ = median_time(lambda: model.generate(*args, max_new_tokens=max_new), 3, 0)
+
+        def generate() -> Any:
+            with autocast():
+                return model.generate(*args, max_new_tokens=max_new).cpu().numpy()
+
+        tokens = generate()
+        seconds, _ = median_time(generate, 3, 0)
         positions = decoded_positions(tokens, eos_id)
         result.update({"decode_greedy_tokens_per_s": positions / seconds,
                        "decode_greedy_s": seconds, "decode_greedy_positions": positions})
     result["peak_rss_bytes"] = peak_rss_bytes()
+    if device != "cpu":
+        result["peak_device_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     return result

@@ -184,9 +184,9 @@ class TorchProjector(nn.Module):
 # ----------------------------------------------------------------------------- ReAl
 
 
-def _as_tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _as_tensor(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    return t.to(dtype) if dtype is not None else t
+    return t.to(device=device, dtype=dtype)
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -234,13 +234,19 @@ class TorchReAl(nn.Module):
                 getattr(model, name).load_state_dict(load_file(str(directory / file)))
         return model.eval()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (`model.to("cuda")` moves them); inputs are moved there."""
+        return self.mean.device
+
     def encode(self, ref: Any, main: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`uint8[B, S, S]` x2 -> prefix `float[B, P, D]` and features `{name: [B, C, h, w]}`.
 
         With a `"registration"` config (models trained with `model.register`), `ref` is first
         aligned to `main` (`torch_registration.register`), for both its encoder and the residual.
         """
-        ref, main = _as_tensor(ref, torch.float32), _as_tensor(main, torch.float32)
+        ref = _as_tensor(ref, torch.float32, self.device)
+        main = _as_tensor(main, torch.float32, self.device)
         if self.config.get("registration"):
             ref, _ = register(ref, main, self.config["registration"])
         ref, main = ref / 255.0, main / 255.0
@@ -261,10 +267,10 @@ class TorchReAl(nn.Module):
                question_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """`[prefix | question]` embeddings `float[B, P+Lq, D]` and mask `int64[B, P+Lq]`."""
         prefix, _ = self.encode(ref, main)
-        question_ids = _as_tensor(question_ids, torch.long)
+        question_ids = _as_tensor(question_ids, torch.long, self.device)
         embeds = torch.cat([prefix, self.decoder.transformer.wte(question_ids)], dim=1)
-        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long),
-                          _as_tensor(question_mask, torch.long)], dim=1)
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
+                          _as_tensor(question_mask, torch.long, self.device)], dim=1)
         return embeds, mask
 
     @torch.no_grad()
@@ -276,10 +282,10 @@ class TorchReAl(nn.Module):
         questions, int `[B, La]` right-padded answers + EOS.
         """
         embeds, mask = self.prompt(ref, main, question_ids, question_mask)
-        answer_ids = _as_tensor(answer_ids, torch.long)
+        answer_ids = _as_tensor(answer_ids, torch.long, self.device)
         prompt_length, answer_length = embeds.shape[1], answer_ids.shape[1]
         embeds = torch.cat([embeds, self.decoder.transformer.wte(answer_ids)], dim=1)
-        mask = torch.cat([mask, _as_tensor(answer_mask, torch.long)], dim=1)
+        mask = torch.cat([mask, _as_tensor(answer_mask, torch.long, self.device)], dim=1)
         logits = self.decoder(inputs_embeds=embeds, attention_mask=mask,
                               position_ids=position_ids_from_mask(mask)).logits
         return logits[:, prompt_length - 1: prompt_length - 1 + answer_length].float()
@@ -295,8 +301,9 @@ class TorchReAl(nn.Module):
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=position,
                            use_cache=True)
         next_position = position[:, -1:] + 1
-        tokens = torch.full((batch, max_new_tokens), self.eos_id, dtype=torch.long)
-        finished = torch.zeros(batch, dtype=torch.bool)
+        tokens = torch.full((batch, max_new_tokens), self.eos_id, dtype=torch.long,
+                            device=self.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         for step in range(max_new_tokens):
             token = out.logits[:, -1].argmax(-1)
             token = torch.where(finished, torch.full_like(token, self.eos_id), token)
@@ -304,7 +311,8 @@ class TorchReAl(nn.Module):
             finished |= token == self.eos_id
             if bool(finished.all()):
                 break
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)],
+                             dim=1)
             out = self.decoder(input_ids=token[:, None], attention_mask=mask,
                                position_ids=next_position + step,
                                past_key_values=out.past_key_values, use_cache=True)

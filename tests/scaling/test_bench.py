@@ -12,6 +12,7 @@ from pathlib import Path
 from configs.real import get_config
 from real_jax.benchmark import report as bench
 from real_jax.benchmark.components import PARTS
+from real_jax.benchmark.jax_side import flops_only
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,8 +33,12 @@ def test_bench_tiny_jax_and_torch():
     assert 0 < j["mfu"] < 2, j["mfu"]
     # a tiny ReAl still does ~3 ResNet passes over 64x64 images forward and backward per sample
     assert j["flops_per_sample"] > 1e6
+    # MFU is against the model's FLOPs (the lowered program), the count --flops_only gives
+    assert math.isclose(j["flops_per_sample"],
+                        flops_only(config, vocab_size=256)["flops_per_sample"], rel_tol=1e-6)
     assert j["peak_device_memory_bytes"] is None or j["peak_device_memory_bytes"] > 0
     assert result["jax_over_torch"]["train_samples_per_s"] > 0
+    assert (t["device"], t["dtype"]) == ("cpu", "float32")
     assert row.count("|") == bench.MARKDOWN_HEADER.splitlines()[0].count("|")
     # Each part of the step timed alone in both frameworks, beside the whole step.
     for framework in ("jax", "torch"):
@@ -43,6 +48,14 @@ def test_bench_tiny_jax_and_torch():
     table = result["parts_table"]
     assert "| sum of parts |" in table and "| whole train step |" in table
     assert len(table.strip().splitlines()) == 2 + len(PARTS) + 2
+
+
+def test_bench_times_pytorch_alone_without_the_jax_side():
+    """`--nojax --torch`, the form gpu_check.sh runs in a process of its own on a GPU."""
+    result = bench.run(get_config("tiny"), vocab_size=64, steps=1, warmup=0, decode=False,
+                       jax_side=False, torch=True)
+    assert "jax" not in result and "jax_over_torch" not in result
+    assert result["torch"]["samples_per_s"] > 0
 
 
 def test_scaling_script_on_one_and_two_cpu_devices(scratch):

@@ -1,4 +1,5 @@
-"""What the command lines share (`real_jax.cli`): the persistent compilation cache."""
+"""What the command lines share (`real_jax.cli`): the persistent compilation cache and the GPU
+compiler flags."""
 
 import jax
 import jax.numpy as jnp
@@ -38,3 +39,15 @@ def test_cache_defaults_to_the_user_cache_directory_and_can_be_turned_off(
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "real_jax" / "xla")
     assert cli.use_compilation_cache(False) is None
     assert not jax.config.jax_enable_compilation_cache
+
+
+def test_gpu_workaround_flags_are_added_once_and_a_users_setting_wins(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert cli.set_gpu_xla_flags() == ("--xla_force_host_platform_device_count=2 "
+                                       "--xla_gpu_enable_triton_gemm=false")
+    assert cli.set_gpu_xla_flags() == ("--xla_force_host_platform_device_count=2 "
+                                       "--xla_gpu_enable_triton_gemm=false")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true")
+    assert cli.set_gpu_xla_flags() == "--xla_gpu_enable_triton_gemm=true"
+    monkeypatch.delenv("XLA_FLAGS")
+    assert cli.set_gpu_xla_flags() == "--xla_gpu_enable_triton_gemm=false"
