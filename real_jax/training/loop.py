@@ -25,6 +25,7 @@ Stopping early, on purpose or not (README, "Reliability"):
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,21 @@ def _lost_process(error: Exception, workdir: Path) -> LostProcessError:
         f"{resume} in {workdir / 'checkpoints'}.")
 
 
+def _compiled_on_every_process(train_step: Any, state: TrainState, batch: dict[str, Any],
+                               rng: jax.Array) -> Any:
+    """The train step compiled for these shapes, once every process has compiled it.
+
+    The first collective starts gloo's context, which gives up after a fixed 30 s; a process
+    that finds the step in the compilation cache would otherwise wait there while another
+    compiles it for minutes."""
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch, rng).compile()
+    logging.info("train step compiled (or loaded from the cache) in %.1f s",
+                 time.perf_counter() - start)
+    wait_for_all_processes("real_jax_train_step_compiled")
+    return compiled
+
+
 def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) -> dict[str, Any]:
     exp = build_experiment(config)
     train = config.train
@@ -198,9 +214,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
                  train.global_batch_size)
     eval_metrics: dict[str, Any] = {}
     pending = None  # the previous step's metrics, checked after the next step is dispatched
+    next_batch = lambda: shd.make_global_batch(next(train_iter), exp.mesh, MODEL_INPUT_KEYS)
+    batch = next_batch() if step < end else None
+    if batch is not None:
+        train_step = _compiled_on_every_process(train_step, state, batch, train_rng)
     while step < end:
-        batch = shd.make_global_batch(next(train_iter), exp.mesh, MODEL_INPUT_KEYS)
+        batch = next_batch() if batch is None else batch
         state, metrics = train_step(state, batch, train_rng)
+        batch = None
         if pending is not None:
             _host_metrics(*pending, train.nonfinite_policy, checkpointer)
         step += 1
