@@ -21,7 +21,9 @@ Where each concept lives:
 - `benchmark/`: the train-step and decoding benchmark, JAX beside PyTorch, whole step
   (`jax_side`, `torch_side`) and part by part (`components`).
 - Command lines, each only parsing flags: `main` (train / evaluate / predict a split),
-  `predict` (new studies), `export` (to PyTorch), `bench`.
+  `predict` (new studies), `export` (to PyTorch), `bench`; what they share is `cli` (one-line
+  errors, compilation cache, GPU compiler flags), and `no_torch`, imported first by `main` and
+  `predict`, keeps transformers from loading PyTorch.
 
 The data side is the sibling package `data_pipeline` (synthetic data, ingestion, grain
 pipeline); the configs are in `configs/real.py`; the design record is `docs/design.md`;

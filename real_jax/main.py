@@ -9,23 +9,17 @@ Open MPI, TPU pods, or `--coordinator_address`) are set up by `real_jax.distribu
 `launch/` and the README's scaling section.
 """
 
-import os
+import real_jax.no_torch  # noqa: F401, I001  (first: it keeps transformers from loading torch)
 
-# This command never uses PyTorch, but transformers (imported for FlaxGPT2) loads torch when it is
-# installed: 6 of the 10 s that each start spent importing on a 2-core machine. Set before the
-# imports below; a user's own USE_TORCH wins. (Not in the library: export and the benchmark use
-# transformers' PyTorch GPT-2 in the same process.)
-os.environ.setdefault("USE_TORCH", "0")
+import logging as std_logging
 
-import logging as std_logging  # noqa: E402
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from real_jax import cli  # noqa: E402
-from real_jax.distributed import runtime as distributed  # noqa: E402
-from real_jax.training import loop as train  # noqa: E402
+from real_jax import cli
+from real_jax.distributed import runtime as distributed
+from real_jax.training import loop as train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:preset]).", lock_config=True)

@@ -14,6 +14,8 @@ paths are taken from the csv's folder); writes one JSON line per row:
 The work is `real_jax.evaluation.predictor.predict`; this module only parses the flags.
 """
 
+import real_jax.no_torch  # noqa: F401, I001  (first: it keeps transformers from loading torch)
+
 import sys
 
 from absl import app, flags
