@@ -51,3 +51,21 @@ def test_gpu_workaround_flags_are_added_once_and_a_users_setting_wins(monkeypatc
     assert cli.set_gpu_xla_flags() == "--xla_gpu_enable_triton_gemm=true"
     monkeypatch.delenv("XLA_FLAGS")
     assert cli.set_gpu_xla_flags() == "--xla_gpu_enable_triton_gemm=false"
+
+
+def test_commands_start_without_torch_but_importing_them_changes_nothing(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("USE_TORCH", raising=False)
+    import real_jax.predict  # noqa: F401  (imported, not the program)
+
+    assert "USE_TORCH" not in os.environ
+    check = ("import runpy, sys; sys.argv = ['predict', '--helpshort']\n"
+             "try:\n    runpy.run_module('real_jax.predict', run_name='__main__', alter_sys=True)\n"
+             "except SystemExit:\n    pass\n"
+             "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr[-2000:]
