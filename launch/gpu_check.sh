@@ -64,7 +64,7 @@ if [ "${GPU_CHECK_TORCH:-1}" = 1 ] \
   && "${PY}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
 then
   echo "== PyTorch on the GPU (${PRESET})"
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 "${PY}" -m real_jax.bench "${flags[@]}" --nojax --torch --torch_device=cuda \
+  timeout 200 "${PY}" -m real_jax.bench "${flags[@]}" --nojax --torch --torch_device=cuda \
     --json="${OUT}/torch.json" > "${OUT}/torch.txt" 2>&1 || echo "PyTorch benchmark failed"
   tail -3 "${OUT}/torch.txt"
 fi

@@ -33,6 +33,7 @@ The work is in `real_jax.benchmark` (`report.run`); this module only parses the 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,6 +72,12 @@ _FLOPS_ONLY = flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _COMPONENTS.value and not _JAX.value:
+        raise app.UsageError("--components times each part beside the JAX step: drop --nojax")
+    if not _JAX.value:
+        # JAX would take 75 % of the GPU at its first device query (the machine summary),
+        # leaving PyTorch the rest; a user's own setting wins.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     set_gpu_xla_flags()
     distributed.initialize_from_flags()
     config = flags.FLAGS.config
