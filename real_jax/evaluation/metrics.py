@@ -50,17 +50,20 @@ wrapper already does for hypotheses.
 Java. The PTBTokenizer and METEOR are Java programs started as ``java`` from ``PATH``.
 :func:`check_java` runs before any scoring and raises :class:`JavaNotFoundError` with install
 instructions when ``java`` is missing or does not run. METEOR keeps one ``java`` subprocess per
-scorer; :func:`score_predictions` starts one, uses it for every group and always closes it, so
-repeated evaluations during a long training run do not leak processes.
+scorer. :func:`score_predictions` uses one per Python process (:func:`shared_meteor_scorer`):
+started at the first call, kept for the later ones (the evaluations of a training run, the
+tests), closed at exit, and started afresh after a call in which it failed.
 
 ``pycocoevalcap`` writes its tokenizer's temp file inside its own package folder, so that folder
-must be writable. Cost: about 10 s per call on a CPU core, almost all of it METEOR loading its
-paraphrase tables, independent of the number of groups. Scoring is host-side Python + Java: in a
-multi-host run, gather the predictions and call it on one process only.
+must be writable. Cost: about 9 s of one CPU core for METEOR to load its paraphrase tables,
+once per process, then well under a second per call for a few hundred answers. Scoring is
+host-side Python + Java: in a multi-host run, gather the predictions and call it on one process
+only.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
@@ -241,6 +244,31 @@ def meteor_scorer() -> Iterator[Any]:
         close_meteor(meteor)
 
 
+_shared_meteor: Any = None
+_shared_meteor_lock = threading.Lock()
+
+
+def shared_meteor_scorer() -> Any:
+    """This process's METEOR scorer, started at first use and kept until exit (loading the
+    paraphrase tables is almost all of a scoring call's cost)."""
+    global _shared_meteor
+    with _shared_meteor_lock:
+        if _shared_meteor is None or _shared_meteor.meteor_p.poll() is not None:
+            _, _, meteor_cls, _, _ = _import_scorers()
+            _shared_meteor = meteor_cls()
+            atexit.register(close_meteor, _shared_meteor)
+        return _shared_meteor
+
+
+def _drop_shared_meteor() -> None:
+    """Closes the shared scorer after a failed call: the next call starts a fresh one."""
+    global _shared_meteor
+    with _shared_meteor_lock:
+        if _shared_meteor is not None:
+            close_meteor(_shared_meteor)
+            _shared_meteor = None
+
+
 def _clean(text: str) -> str:
     """One line of text for the line-based java tools (see the module docstring)."""
     return " ".join(text.split())
@@ -326,8 +354,8 @@ def score_predictions(examples: Sequence[Prediction]) -> dict[str, Any]:
     """Scores generated answers: coco metrics per group plus exact-match accuracy.
 
     Java is checked before anything is scored. The tokenizer runs once over all examples (it
-    tokenizes each line on its own, so this equals tokenizing each group alone); one METEOR
-    process serves every group and is closed before returning, also on error.
+    tokenizes each line on its own, so this equals tokenizing each group alone); the process's
+    METEOR scorer serves every group (:func:`shared_meteor_scorer`), and is closed on error.
 
     Args:
       examples: the predictions; ``question_type`` must be one of :data:`QUESTION_TYPES`.
@@ -360,10 +388,14 @@ def score_predictions(examples: Sequence[Prediction]) -> dict[str, Any]:
 
     result: dict[str, Any] = {}
     by_type: dict[str, dict[str, Any]] = {}
-    with meteor_scorer() as meteor:
+    meteor = shared_meteor_scorer()
+    try:
         for qtype in QUESTION_TYPES:
             if keys_by_type[qtype]:
                 by_type[qtype] = _group_metrics(keys_by_type[qtype], gts, res, examples, meteor)
+    except BaseException:
+        _drop_shared_meteor()
+        raise
     if DIFFERENCE_TYPE in by_type:
         result["difference"] = dict(by_type[DIFFERENCE_TYPE])
     result["by_type"] = by_type

@@ -22,6 +22,7 @@ from real_jax.evaluation.metrics import (
     meteor_scorer,
     normalize_answer,
     score_predictions,
+    shared_meteor_scorer,
 )
 
 
@@ -130,7 +131,6 @@ def test_perfect_predictions_score_bleu4_one_and_exact_match_one(examples):
         for e in examples
         if e.question_type in ("difference", "presence")
     ]
-    before = java_children()
     metrics = score_predictions(perfect)
     diff = metrics["difference"]
     assert diff["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
@@ -140,8 +140,21 @@ def test_perfect_predictions_score_bleu4_one_and_exact_match_one(examples):
     assert diff["exact_match"] == 1.0
     assert metrics["exact_match"]["all"] == 1.0
     assert metrics["exact_match"]["closed"] == 1.0
-    # No java process (tokenizer, METEOR) started for this evaluation outlives it.
-    assert java_children() <= before
+
+
+def test_scoring_calls_share_one_meteor_process_and_replace_a_dead_one(examples):
+    others = java_children()  # another test's scorer, or this one's from an earlier test
+    score_predictions(examples[:2])
+    meteor = shared_meteor_scorer()
+    # The tokenizer's java has exited; METEOR's stays for the next call, which starts none.
+    assert java_children() - others <= {meteor.meteor_p.pid} and meteor.meteor_p.poll() is None
+    score_predictions(examples[:3])
+    assert shared_meteor_scorer() is meteor
+    assert java_children() - others <= {meteor.meteor_p.pid}
+    meteor.meteor_p.kill()
+    meteor.meteor_p.wait()
+    again = score_predictions(examples[:2])
+    assert shared_meteor_scorer() is not meteor and again["difference"]["count"] == 2
 
 
 def test_empty_predictions_are_scored_zero_without_crashing(examples, scored):

@@ -1,7 +1,6 @@
 """The jitted train step: multi-device equivalence, overfitting, gradient accumulation."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from launch.local import process_env
 from real_jax.distributed import sharding as shd
 from real_jax.training.optimizer import make_optimizer
 from real_jax.training.state import create_train_state, example_batch
@@ -25,7 +25,7 @@ ULPS = 16
 
 
 def test_eight_devices_data_parallel_and_fsdp_match_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = process_env(8)
     result = subprocess.run(
         [sys.executable, "-m", "tests.model.multidevice_equivalence"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,

@@ -8,7 +8,6 @@
 """
 
 import json
-import os
 import re
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
+from launch.local import process_env
 from tests.reliability.conftest import BAD_RECORD
 from tests.reliability.runs import checkpoint_steps, main_command, run
 
@@ -56,8 +56,7 @@ def test_nonfinite_steps_skipped_counted_across_resume_then_stop_names_step(prep
 
 
 def test_bad_config_fails_fast_before_compiling(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_LOG_COMPILES": "1"}
+    env = {**process_env(2), "JAX_LOG_COMPILES": "1"}
     start = time.time()
     result = run(main_command(
         tmp_path / "run", tmp_path / "no_such_dataset", "--config.train.global_batch_size=7",

@@ -3,11 +3,11 @@ program, then the paper model's step on 8 forced CPU devices (tests/scaling/coll
 data parallel (all-reduce only) and FSDP (parameters all-gathered, gradients summed)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from launch.local import process_env
 from real_jax.distributed import hlo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +93,7 @@ def test_collectives_of_a_known_program():
 
 
 def test_paper_train_step_uses_only_the_collectives_of_its_layout():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
+    env = process_env(8)
     result = subprocess.run([sys.executable, "-m", "tests.scaling.collectives_check"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -2,7 +2,6 @@
 parameters as 1 process x 4 devices: same global batches, same step, same checkpoint."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs.real import get_config
+from launch.local import process_env
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 2
@@ -78,8 +78,7 @@ def ulps_apart(x: np.ndarray, y: np.ndarray, floor: float) -> float:
 
 def test_two_processes_match_one_process(scratch, tiny_data):
     _, data_flags = tiny_data
-    single_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                      JAX_PLATFORMS="cpu")
+    single_env = process_env(4)
     single = run([sys.executable, "-m", "real_jax.main",
                   *train_flags(scratch / "single", data_flags)], single_env)
     assert "on 4 devices (1 processes)" in single, single[-3000:]
