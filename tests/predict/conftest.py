@@ -8,28 +8,20 @@ import pytest
 from PIL import Image
 
 from configs.real import get_config
-from data_pipeline import prepare, synthetic
 from real_jax.training import loop as train
 
-SUBJECTS, SOURCE_IMAGE_SIZE = 16, 80
+
+@pytest.fixture(scope="session")
+def raw_data(tiny_data) -> Path:
+    """The generated source studies of the suite's tiny dataset (tests/conftest.py)."""
+    return tiny_data[0].parent / "raw"
 
 
 @pytest.fixture(scope="session")
-def raw_data(tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("predict_data") / "raw"
-    synthetic.generate(raw, subjects=SUBJECTS, seed=0, image_size=SOURCE_IMAGE_SIZE, workers=1)
-    return raw
-
-
-@pytest.fixture(scope="session")
-def trained_workdir(raw_data, tmp_path_factory) -> Path:
+def trained_workdir(tiny_data, tmp_path_factory) -> Path:
     """`configs/real.py:tiny` trained for 2 steps with `model.register=True`."""
     config = get_config("tiny")
-    out = raw_data.parent / "prepared"
-    size = config.data.image_size
-    prepare.prepare(questions=raw_data / synthetic.QUESTIONS_CSV, images=raw_data,
-                    metadata=raw_data / synthetic.METADATA_CSV, out=out,
-                    resize_shorter=size + size // 16, question_types=["difference"], workers=1)
+    out = tiny_data[0]
     config.data.dir = str(out)
     config.data.synthetic_source = ""
     config.model.register = True

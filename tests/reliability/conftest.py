@@ -1,6 +1,6 @@
-"""Fixtures: one prepared synthetic dataset for the tiny preset and a copy with an undecodable
-training image, and helpers that damage a copy of it the way real storage does (an image payload
-that no longer decodes, bytes flipped inside an ArrayRecord file)."""
+"""Fixtures: the suite's prepared synthetic dataset for the tiny preset and a copy with an
+undecodable training image, and helpers that damage a copy of it the way real storage does (an
+image payload that no longer decodes, bytes flipped inside an ArrayRecord file)."""
 
 import json
 import shutil
@@ -8,24 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import prepare, synthetic
-
-SUBJECTS, SOURCE_IMAGE_SIZE = 16, 80
-TINY_IMAGE_SIZE = 64  # configs/real.py:tiny data.image_size
 BAD_RECORD = 1  # the training record whose reference image `damaged` breaks
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory) -> Path:
-    """Synthetic data prepared exactly as `real_jax.experiment.ensure_dataset` does for `tiny`."""
-    root = tmp_path_factory.mktemp("reliability_data")
-    raw, out = root / "raw", root / "prepared"
-    synthetic.generate(raw, subjects=SUBJECTS, seed=0, image_size=SOURCE_IMAGE_SIZE, workers=1)
-    prepare.prepare(questions=raw / synthetic.QUESTIONS_CSV, images=raw,
-                    metadata=raw / synthetic.METADATA_CSV, out=out,
-                    resize_shorter=TINY_IMAGE_SIZE + TINY_IMAGE_SIZE // 16,
-                    question_types=["difference"], workers=1)
-    return out
+def prepared(tiny_data) -> Path:
+    """The suite's prepared synthetic dataset for the tiny preset (tests/conftest.py)."""
+    return tiny_data[0]
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 
 from launch.local import process_env
 from tests.reliability.conftest import BAD_RECORD
-from tests.reliability.runs import checkpoint_steps, main_command, run
+from tests.runs import checkpoint_steps, main_command, run
 
 
 def saved_state(workdir: Path, step: int) -> dict:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from tests.reliability.runs import REPO, checkpoint_steps, main_command, partial_saves
+from tests.runs import REPO, checkpoint_steps, main_command, partial_saves
 
 JOB_STEPS = 5000  # never reached: the job is stopped with SIGTERM once the readers are done
 

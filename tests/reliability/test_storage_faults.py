@@ -14,18 +14,18 @@ import subprocess
 import threading
 import time
 
-from tests.reliability.runs import REPO, checkpoint_steps, main_command, partial_saves, run
+from tests.runs import REPO, STEPS, checkpoint_steps, main_command, partial_saves, run
 
 FIRST_CHECKPOINT = 4
 # The failed save of step 8 is reported by the save of step 12; the run must not reach its last
-# step before that, whose evaluation writes a figure larger than the limit.
-STEPS = 4 * FIRST_CHECKPOINT
+# step (STEPS) before that, whose evaluation writes a figure larger than the limit.
+assert STEPS >= 4 * FIRST_CHECKPOINT
 FILE_SIZE_LIMIT = 100_000  # bytes: the tiny preset's checkpoint array files are 120-650 kB
 
 
 def test_failed_checkpoint_write_stops_the_run_and_the_previous_one_resumes(prepared, tmp_path):
     workdir = tmp_path / "run"
-    command = main_command(workdir, prepared, f"--config.train.num_train_steps={STEPS}",
+    command = main_command(workdir, prepared,
                            f"--config.train.checkpoint_every_steps={FIRST_CHECKPOINT}")
     job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, preexec_fn=lambda: signal.signal(signal.SIGXFSZ,

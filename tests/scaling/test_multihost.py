@@ -39,7 +39,7 @@ def train_flags(workdir: Path, data_flags: list[str]) -> list[str]:
             f"--config.train.num_train_steps={STEPS}",
             f"--config.train.checkpoint_every_steps={STEPS}",
             f"--config.train.eval_every_steps={STEPS}", "--config.data.eval_limit=8",
-            "--config.data.image_size=32", "--config.data.synthetic_image_size=48",
+            "--config.data.image_size=32",
             "--config.generation.answer_max_tokens=4", "--config.optim.name=sgd",
             "--config.optim.warmup_steps=0", *data_flags]
 

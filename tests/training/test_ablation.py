@@ -13,6 +13,8 @@ sys.path.insert(0, str(REPO / "launch"))
 
 import ablation  # noqa: E402
 
+from tests.runs import STEPS  # noqa: E402
+
 
 def result(row: str, seed: int, cider: float) -> dict:
     return {"row": row, "seed": seed, "scores": {"CIDEr": cider, "BLEU-4": cider / 10,
@@ -36,23 +38,22 @@ def test_summary_is_mean_spread_and_paired_difference():
     assert "+0.500 ± 0.500 | 2/3 |" in table
 
 
-def test_one_real_run_is_trained_scored_and_then_reused(tmp_path):
+def test_one_real_run_is_trained_scored_and_then_reused(tmp_path, tiny_data):
+    # The `real` row at the suite's common settings (tests/runs.py): its programs are cached.
     out = tmp_path / "ablation"
-    data = [f"--config.data.dir={tmp_path / 'prepared'}",
-            f"--config.data.synthetic_source={tmp_path / 'raw'}",
-            "--config.data.synthetic_subjects=12", "--config.data.synthetic_image_size=72"]
-    record = ablation.run_ablation(out, rows=["residual_input"], seeds=[0], preset="tiny",
-                                   steps=3, extra=data)
+    data = [*tiny_data[1], "--config.data.eval_limit=8", "--config.generation.answer_max_tokens=8"]
+    record = ablation.run_ablation(out, rows=["real"], seeds=[0], preset="tiny", steps=STEPS,
+                                   base="real", extra=data)
     (run,) = record["runs"]
-    assert run["row"] == "residual_input" and run["steps"] == 3
+    assert run["row"] == "real" and run["steps"] == STEPS
     assert all(math.isfinite(run["scores"][m]) for m in ablation.METRICS)
-    workdir = out / "residual_input" / "seed_0"
+    workdir = out / "real" / "seed_0"
     config = json.loads((workdir / "config.json").read_text())
     assert config["seed"] == 0 and config["data"]["eval_split"] == "test"
     assert (out / "ablation.md").read_text().count("\n") == 3
     # A second call finds the scores and starts nothing.
-    again = ablation.run_ablation(out, rows=["residual_input"], seeds=[0], preset="tiny",
-                                  steps=3, extra=data)
+    again = ablation.run_ablation(out, rows=["real"], seeds=[0], preset="tiny", steps=STEPS,
+                                  base="real", extra=data)
     assert again["runs"] == record["runs"]
     assert ablation.run_ablation(out, rows=["residual_input", "real"], seeds=[0], preset="tiny",
                                  summarise_only=True)["runs"] == record["runs"]

@@ -4,39 +4,29 @@ phase of a run: tests/reliability/test_chaos.py.)"""
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import TINY_DATA_IMAGE_SIZE, TINY_DATA_SUBJECTS
+from tests.runs import STEPS as TOTAL_STEPS
+from tests.runs import main_command, run
+
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-TOTAL_STEPS = 60
 
 
 @pytest.fixture(scope="module")
 def data_flags(tmp_path_factory):
+    """A synthetic source for the command to generate and prepare itself (as `make demo` does),
+    the same studies as the suite's `tiny_data`."""
     root = tmp_path_factory.mktemp("synthetic")
     return [
         f"--config.data.dir={root / 'prepared'}",
         f"--config.data.synthetic_source={root / 'raw'}",
-        "--config.data.synthetic_subjects=16",
-        "--config.data.synthetic_image_size=80",
+        f"--config.data.synthetic_subjects={TINY_DATA_SUBJECTS}",
+        f"--config.data.synthetic_image_size={TINY_DATA_IMAGE_SIZE}",
     ]
-
-
-def main_command(workdir: Path, data_flags: list[str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "real_jax.main", "--config=configs/real.py:tiny",
-            f"--workdir={workdir}", f"--config.train.num_train_steps={TOTAL_STEPS}",
-            "--config.train.checkpoint_every_steps=20", "--config.train.log_every_steps=10",
-            f"--config.train.eval_every_steps={TOTAL_STEPS}", *data_flags, *extra]
-
-
-def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return result
 
 
 def finished_checkpoints(workdir: Path) -> list[int]:
@@ -48,8 +38,8 @@ def finished_checkpoints(workdir: Path) -> list[int]:
 
 def test_train_evaluate_and_summarise(tmp_path, data_flags):
     workdir = tmp_path / "run"
-    run(main_command(workdir, data_flags))
-    assert max(finished_checkpoints(workdir)) == TOTAL_STEPS
+    run(main_command(workdir, None, *data_flags, "--config.train.checkpoint_every_steps=8"))
+    assert finished_checkpoints(workdir) == [8, 16, TOTAL_STEPS]
 
     metrics = json.loads((workdir / "eval" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
     for name in METRICS:
@@ -60,7 +50,7 @@ def test_train_evaluate_and_summarise(tmp_path, data_flags):
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
     assert TOTAL_STEPS in steps and list(workdir.glob("tensorboard/events.*"))
 
-    run(main_command(workdir, data_flags, "--mode=evaluate", "--split=test"))
+    run(main_command(workdir, None, *data_flags, "--mode=evaluate", "--split=test"))
     test_metrics = json.loads(
         (workdir / "eval_test" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
     for name in METRICS:
