@@ -180,7 +180,6 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
     train = config.train
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
-    state, shardings = exp.init_state(init_rng)
     train_iter = make_train_iterator(
         config.data, exp.tokenizer, global_batch_size=train.global_batch_size, seed=config.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count())
@@ -189,9 +188,12 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) 
                                 best_metric=train.best_metric)
     latest = checkpointer.latest_step()
     if latest is not None:
-        state = checkpointer.restore(latest, exp.abstract_state()[0], train_iter)
+        # Restored straight into its sharded places: no initialiser is compiled or run.
+        abstract, shardings = exp.abstract_state()
+        state = checkpointer.restore(latest, abstract, train_iter)
         logging.info("resumed from %s at step %d", workdir / "checkpoints", latest)
     else:
+        state, shardings = exp.init_state(init_rng)
         state = init_from_pretrained(state, shardings, config.pretrained)
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
