@@ -18,7 +18,7 @@ from launch.chaos import partial_saves
 __all__ = ["REPO", "STEPS", "checkpoint_steps", "main_command", "partial_saves", "run"]
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 24
+STEPS = 16
 
 
 def main_command(workdir: Path, data_dir: Path | None, *extra: str) -> list[str]:

@@ -8,10 +8,11 @@ exits 0. The README gives the long run's figures (25 kills)."""
 
 from launch.chaos import PHASES, run_chaos
 from tests.reliability.conftest import BAD_RECORD
+from tests.runs import STEPS  # the tests' common step count: the programs are cached
 
 
 def test_four_kills_in_every_phase_resume_to_the_uninterrupted_run(damaged, tmp_path):
-    report = run_chaos(tmp_path, kills=4, steps=24, eval_every=8, seed=0,
+    report = run_chaos(tmp_path, kills=4, steps=STEPS, eval_every=8, seed=0,
                        extra=[f"--config.data.dir={damaged}", "--config.data.synthetic_source="])
     kills = report["kills"]
     print(kills)

@@ -39,7 +39,7 @@ def finished_checkpoints(workdir: Path) -> list[int]:
 def test_train_evaluate_and_summarise(tmp_path, data_flags):
     workdir = tmp_path / "run"
     run(main_command(workdir, None, *data_flags, "--config.train.checkpoint_every_steps=8"))
-    assert finished_checkpoints(workdir) == [8, 16, TOTAL_STEPS]
+    assert finished_checkpoints(workdir) == list(range(8, TOTAL_STEPS + 1, 8))
 
     metrics = json.loads((workdir / "eval" / f"step_{TOTAL_STEPS}" / "metrics.json").read_text())
     for name in METRICS:
