@@ -17,9 +17,15 @@ from real_jax.benchmark.jax_side import flops_only
 REPO = Path(__file__).resolve().parents[2]
 
 
+# The vocabulary and batch of gpu_check.sh's tiny run: the scaling script's one-device point and
+# that run load the programs this module's first test compiled from the suite's cache.
+VOCAB_SIZE = 64
+
+
 def test_bench_tiny_jax_and_torch():
     config = get_config("tiny")
-    result = bench.run(config, vocab_size=256, steps=2, warmup=1, torch=True, components=True)
+    result = bench.run(config, vocab_size=VOCAB_SIZE, steps=2, warmup=1, torch=True,
+                       components=True)
     print(json.dumps(result, indent=1))
     print(bench.MARKDOWN_HEADER)
     row = bench.markdown_row(result)
@@ -35,7 +41,8 @@ def test_bench_tiny_jax_and_torch():
     assert j["flops_per_sample"] > 1e6
     # MFU is against the model's FLOPs (the lowered program), the count --flops_only gives
     assert math.isclose(j["flops_per_sample"],
-                        flops_only(config, vocab_size=256)["flops_per_sample"], rel_tol=1e-6)
+                        flops_only(config, vocab_size=VOCAB_SIZE)["flops_per_sample"],
+                        rel_tol=1e-6)
     assert j["peak_device_memory_bytes"] is None or j["peak_device_memory_bytes"] > 0
     assert result["jax_over_torch"]["train_samples_per_s"] > 0
     assert (t["device"], t["dtype"]) == ("cpu", "float32")
@@ -59,20 +66,23 @@ def test_bench_times_pytorch_alone_without_the_jax_side():
 
 
 def test_scaling_script_on_one_and_two_cpu_devices(scratch):
+    # One device at the tiny preset's batch: the program of the first test in this module.
+    per_device = get_config("tiny").train.global_batch_size
     result = subprocess.run(
         [sys.executable, "launch/scaling.py", "--config=configs/real.py:tiny", "--devices=1,2",
-         "--modes=weak", "--per_device_batch=2", "--global_batch=4", "--steps=2",
-         "--platform=cpu", f"--out={scratch}"],
+         "--modes=weak", f"--per_device_batch={per_device}", "--steps=2", "--platform=cpu",
+         f"--out={scratch}", "--", f"--vocab_size={VOCAB_SIZE}"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     print(result.stdout)
     report = json.loads((scratch / "scaling.json").read_text())
     weak = report["results"]["weak"]
-    assert [p["devices"] for p in weak] == [1, 2] and [p["global_batch"] for p in weak] == [2, 4]
+    assert [p["devices"] for p in weak] == [1, 2]
+    assert [p["global_batch"] for p in weak] == [per_device, 2 * per_device]
     assert weak[0]["efficiency"] == 1.0
     assert all(p["efficiency"] > 0 and p["step_s"] > 0 for p in weak)
     assert (scratch / "scaling.png").stat().st_size > 1000
-    assert "| weak | 2 | 4 |" in (scratch / "scaling.md").read_text()
+    assert f"| weak | 2 | {2 * per_device} |" in (scratch / "scaling.md").read_text()
 
 
 def test_gpu_check_script_runs_end_to_end_on_cpu(scratch):
