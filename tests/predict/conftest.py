@@ -27,9 +27,10 @@ def trained_workdir(tiny_data, tmp_path_factory) -> Path:
     config.model.register = True
     config.model.registration.levels = 2
     config.model.registration.steps = 5
-    config.train.num_train_steps = 2
-    config.train.eval_every_steps = 2
-    config.train.checkpoint_every_steps = 2
+    # Stopped after 2 of 3 steps, with a checkpoint and without the last step's evaluation,
+    # which no prediction test reads.
+    config.train.num_train_steps = 3
+    config.train.stop_after_steps = 2
     config.data.eval_limit = 8
     workdir = tmp_path_factory.mktemp("predict_run")
     train.train_and_evaluate(config, workdir)
