@@ -1,5 +1,7 @@
 """Small models and fixed random batches shared by the model tests."""
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -53,8 +55,32 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int =
     }
 
 
+_JITTED: dict[tuple[str, str], Callable] = {}
+
+
+def _jit_once(name: str, model, fn: Callable) -> Callable:
+    """`jax.jit(fn)`, made once per `name` and model configuration, so that calls on arguments
+    of the same shapes trace and compile it once. Keyed on the model's repr, which lists every
+    field: Flax modules holding a GPT2Config are not hashable."""
+    key = (name, repr(model))
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(fn)
+    return _JITTED[key]
+
+
 def init_variables(model, batch: dict, seed: int = 0) -> dict:
-    args = [jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS]
-    return jax.jit(lambda rng: model.init({"params": rng}, *args, train=False))(
-        jax.random.key(seed)
-    )
+    """`model.init` on one example shaped like `batch`'s. The variables depend on neither the
+    batch size nor its contents, so every test of the same model runs the same compiled init
+    (the persistent compilation cache keys on the program; the seed is an argument)."""
+    init = _jit_once("init", model,
+                     lambda rng, *args: model.init({"params": rng}, *args, train=False))
+    return init(jax.random.key(seed), *[jnp.asarray(np.asarray(batch[k])[:1])
+                                        for k in MODEL_INPUT_KEYS])
+
+
+def jit_apply(model) -> Callable:
+    """`apply(variables, batch) -> model.apply(variables, *inputs, train=False)`, jitted once per
+    model configuration: one compile for every batch of the same shapes, instead of the
+    forward's ops dispatched (and each compiled) one by one."""
+    return _jit_once("apply", model, lambda variables, batch: model.apply(
+        variables, *[batch[k] for k in MODEL_INPUT_KEYS], train=False))

@@ -11,7 +11,7 @@ from real_jax.models.real import ALIGNMENTS
 from real_jax.models.resnet import make_encoder
 from real_jax.training.losses import consistency_loss
 from real_jax.training.state import MODEL_INPUT_KEYS
-from tests.model.helpers import init_variables, random_batch, tiny_config, tiny_model
+from tests.model.helpers import init_variables, jit_apply, random_batch, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +19,33 @@ def setup():
     config = tiny_config("real")
     model = tiny_model(config)
     batch = random_batch(config, 2, seed=3)
-    variables = init_variables(model, batch, seed=1)
+    # One compiled init serves every alignment: the residual head's model has the others'
+    # variables plus `alignment_head`, and Flax draws each module's parameters from its own path.
+    head_variables = init_variables(model.clone(alignment="residual_head"), batch, seed=1)
+    return config, model, batch, head_variables
+
+
+def without_head(variables):
+    return {collection: {name: tree for name, tree in trees.items() if name != "alignment_head"}
+            for collection, trees in variables.items()}
+
+
+def perturbed(variables):
     # Break the zero-initialised last batch-norm scales so every block's output varies.
-    variables = jax.tree.map(lambda x: x + 0.3 if x.ndim == 1 else x, variables)
-    return config, model, batch, variables
+    return jax.tree.map(lambda x: x + 0.3 if x.ndim == 1 else x, variables)
+
+
+def as_shapes(tree):
+    return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
 
 
 def features(model, variables, batch):
-    _, out = model.apply(variables, *[jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS],
-                         train=False)
-    return out
+    return jit_apply(model)(variables, batch)[1]
 
 
 def test_pre_activation_is_the_encoder_output_before_its_relu(setup):
-    _, model, batch, variables = setup
+    _, model, batch, head_variables = setup
+    variables = perturbed(without_head(head_variables))
     paper = features(model, variables, batch)
     pre = features(model.clone(alignment="pre_activation"), variables, batch)
     for key in ("ref", "main", "residual"):
@@ -43,21 +56,20 @@ def test_pre_activation_is_the_encoder_output_before_its_relu(setup):
 
 
 def test_residual_head_maps_the_residual_feature_to_both_signs(setup):
-    config, model, batch, _ = setup
+    config, model, batch, head_variables = setup
     head_model = model.clone(alignment="residual_head")
-    variables = init_variables(head_model, batch, seed=1)
-    kernel = variables["params"]["alignment_head"]["kernel"]
+    kernel = head_variables["params"]["alignment_head"]["kernel"]
     width = make_encoder(config.model.encoder).feature_dim
     assert kernel.shape == (width, width)
-    out = features(head_model, jax.tree.map(lambda x: x + 0.3 if x.ndim == 1 else x, variables),
-                   batch)
+    out = features(head_model, perturbed(head_variables), batch)
     assert out["align_residual"].shape == out["align_ref"].shape == out["residual"].shape
     assert float(jnp.min(out["align_residual"])) < 0 < float(jnp.max(out["align_residual"]))
 
 
 def test_projected_tokens_compare_the_projectors_outputs(setup):
-    config, model, batch, variables = setup
-    out = features(model.clone(alignment="projected_tokens"), variables, batch)
+    config, model, batch, head_variables = setup
+    out = features(model.clone(alignment="projected_tokens"),
+                   perturbed(without_head(head_variables)), batch)
     q, d = config.model.num_queries, config.model.decoder.n_embd
     assert out["align_ref"].shape == out["align_residual"].shape == (2, q, d)
     loss = consistency_loss(out["align_ref"], out["align_main"], out["align_residual"])
@@ -65,24 +77,30 @@ def test_projected_tokens_compare_the_projectors_outputs(setup):
 
 
 def test_every_alignment_trains_with_a_finite_consistency_loss(setup):
-    _, model, batch, _ = setup
+    _, model, batch, head_variables = setup
+    inputs = [jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS]
     for alignment in ALIGNMENTS:
         variant = model.clone(alignment=alignment)
-        variables = init_variables(variant, batch, seed=2)
+        # Freshly initialised (not perturbed), as at the start of training; the variant's own
+        # variables: its init gives the same names, shapes and dtypes.
+        head = alignment == "residual_head"
+        variables = head_variables if head else without_head(head_variables)
+        shapes = jax.eval_shape(lambda v=variant: v.init(jax.random.key(0), *inputs, train=False))
+        assert as_shapes(shapes) == as_shapes(variables), alignment
 
-        def loss(params, variant=variant, variables=variables):
-            out = variant.apply({**variables, "params": params},
-                                *[jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS], train=False)[1]
+        def loss(params, variables, inputs, variant=variant):
+            out = variant.apply({**variables, "params": params}, *inputs, train=False)[1]
             return consistency_loss(out["align_ref"], out["align_main"], out["align_residual"],
                                     image_target="trainable")
 
-        value, grads = jax.value_and_grad(loss)(variables["params"])
+        value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"], variables, inputs)
         assert np.isfinite(float(value)), alignment
         assert float(jnp.abs(jax.flatten_util.ravel_pytree(grads["residual_encoder"])[0]).max()) > 0
 
 
 def test_main_image_only_control_ignores_the_reference(setup):
-    _, model, batch, variables = setup
+    _, model, batch, head_variables = setup
+    variables = perturbed(without_head(head_variables))
     control = model.clone(main_image_only=True)
     other_ref = dict(batch, ref=255 - batch["ref"])
     a, b = features(control, variables, batch), features(control, variables, other_ref)

@@ -7,10 +7,17 @@ import pytest
 
 from real_jax.models.generation import beam_search, greedy_search, make_generate_fn, strip_after_eos
 from real_jax.training.losses import generation_loss
-from real_jax.training.state import MODEL_INPUT_KEYS
-from tests.model.helpers import EOS_ID, init_variables, random_batch, tiny_config, tiny_model
+from tests.model.helpers import (
+    EOS_ID,
+    init_variables,
+    jit_apply,
+    random_batch,
+    tiny_config,
+    tiny_model,
+)
 
 MAX_NEW = 12
+jit_generation_loss = jax.jit(generation_loss)
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +32,8 @@ def setup():
 
 
 def eval_loss(model, variables, batch):
-    logits, _ = model.apply(variables, *[jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS],
-                            train=False)
-    return generation_loss(logits, jnp.asarray(batch["answer_ids"]),
-                           jnp.asarray(batch["answer_mask"]))
+    logits, _ = jit_apply(model)(variables, batch)
+    return jit_generation_loss(logits, batch["answer_ids"], batch["answer_mask"])
 
 
 def repad(batch, extra_question, extra_answer, filler):
@@ -128,7 +133,9 @@ def test_generation_rejects_prompts_longer_than_the_decoder_context(setup):
     config, model, batch, variables = setup
     too_many = config.model.decoder.n_positions
     with pytest.raises(ValueError, match="n_positions"):
-        greedy_search(model, variables, {k: jnp.asarray(v) for k, v in batch.items()},
-                      max_new_tokens=too_many, eos_id=EOS_ID)
+        # Traced only: the check needs the prompt's length, not its values.
+        jax.eval_shape(lambda v, b: greedy_search(model, v, b, max_new_tokens=too_many,
+                                                  eos_id=EOS_ID),
+                       variables, {k: jnp.asarray(v) for k, v in batch.items()})
     with pytest.raises(ValueError, match="beam_size"):
         beam_search(model, variables, batch, max_new_tokens=2, eos_id=EOS_ID, beam_size=0)

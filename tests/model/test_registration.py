@@ -7,8 +7,7 @@ import pytest
 
 from data_pipeline import synthetic_images as si
 from real_jax.models import registration as reg
-from real_jax.training.state import MODEL_INPUT_KEYS
-from tests.model.helpers import init_variables, random_batch, tiny_config, tiny_model
+from tests.model.helpers import init_variables, jit_apply, random_batch, tiny_config, tiny_model
 
 WIDTH = 120  # 144 x 120: height / width is exactly the renderer's aspect, so coordinates agree
 
@@ -112,10 +111,9 @@ def test_model_with_registration_equals_model_fed_the_registered_reference():
     plain = tiny_model(config)
     registered = plain.clone(registration=registration)
     variables = init_variables(plain, batch)
-    args = [jnp.asarray(batch[k]) for k in MODEL_INPUT_KEYS]
-    logits, _ = registered.apply(variables, *args, train=False)
-    aligned, _ = reg.register(args[0], args[1], registration)
+    logits, _ = jit_apply(registered)(variables, batch)
+    aligned, _ = jax.jit(lambda r, m: reg.register(r, m, registration))(batch["ref"], batch["main"])
     # The estimate really moved the reference (so the comparison below can tell the two apart).
-    assert np.abs(np.asarray(aligned) - np.asarray(args[0], np.float32)).max() > 1.0
-    expected, _ = plain.apply(variables, aligned, *args[1:], train=False)
+    assert np.abs(np.asarray(aligned) - np.asarray(batch["ref"], np.float32)).max() > 1.0
+    expected, _ = jit_apply(plain)(variables, dict(batch, ref=aligned))
     np.testing.assert_allclose(logits, expected, atol=1e-5)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -35,12 +34,16 @@ def test_eight_devices_data_parallel_and_fsdp_match_one_device():
     print(report)
     assert report["device_count"] == 8
     for name in ("data_parallel", "fsdp"):
-        for key in ("sgd_loss_ulps", "sgd_param_ulps", "sgd_batch_stats_ulps", "adam_loss_ulps",
-                    "adam_mu_ulps", "adam_nu_ulps"):
+        for key in ("sgd_loss_ulps", "sgd_grad_norm_ulps", "sgd_param_ulps",
+                    "sgd_batch_stats_ulps"):
             assert report[name][key] <= ULPS, (name, key, report)
+    for key in ("adam_loss_ulps", "adam_mu_ulps", "adam_nu_ulps"):  # AdamW: FSDP only
+        assert report["fsdp"][key] <= ULPS, (key, report)
     assert report["reference_losses"][0] != report["reference_losses"][1]  # SGD moved
     assert report["data_parallel"]["sharded_arrays"] == 0
     assert report["fsdp"]["sharded_arrays"] > 0
+    assert report["fsdp"]["adam_sharded_moments"] > 0
+    assert report["fsdp"]["init_ulps"] == 0  # the sharded initialiser draws the same values
 
 
 def make_step(config, batch_size, grad_accum_steps=1):
@@ -59,14 +62,14 @@ def test_tiny_model_overfits_a_fixed_batch_of_four_pairs():
     config = tiny_config("real")
     config.model.decoder.dropout = 0.0
     config.model.projector_dropout = 0.0
-    config.optim.learning_rate = 3e-3
+    config.optim.learning_rate = 1e-2  # measured: below 0.05 after 35 steps (97 at 3e-3)
     config.optim.warmup_steps = 10
     config.optim.weight_decay = 0.0
     _, _, mesh, state, step = make_step(config, 4)
     batch = shd.make_global_batch(random_batch(config, 4, seed=3), mesh)
     for _ in range(300):
         state, metrics = step(state, batch, jax.random.key(0))
-        if float(metrics["loss_gen"]) < 0.02:
+        if float(metrics["loss_gen"]) < 0.05:
             break
     assert float(metrics["loss_gen"]) < 0.05, jax.device_get(metrics)
     assert bool(metrics["finite"])
@@ -85,16 +88,23 @@ def test_gradient_accumulation_averages_strided_microbatch_gradients():
     loss_fn = make_loss_fn(model, config.loss)
     micro = _split_microbatches(batch, 2)
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    grads_sum, stats, losses = None, initial.batch_stats, []
+    # On the mesh, as the batch stats grad_fn returns are: the second micro-batch's call then
+    # has the first's argument types and reuses its compiled program.
+    params, stats = jax.device_put((initial.params, initial.batch_stats), shd.replicated(mesh))
+    losses, micro_grads = [], []
     for i in range(2):
         mb = jax.tree.map(lambda x, i=i: x[i], micro)
-        (loss, (_, stats)), grads = grad_fn(
-            initial.params, stats, mb, jax.random.key(1))
+        (loss, (_, stats)), grads = grad_fn(params, stats, mb, jax.random.key(1))
         losses.append(float(loss))
-        grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
-    grads = jax.tree.map(lambda g: g / 2, grads_sum)
-    updates, _ = tx.update(grads, initial.opt_state, initial.params)
-    expected = optax.apply_updates(initial.params, updates)
+        micro_grads.append(grads)
+
+    @jax.jit  # one compile instead of the optimizer's ops dispatched one by one
+    def averaged_update(grads_0, grads_1, opt_state, params):
+        grads = jax.tree.map(lambda a, b: (a + b) / 2, grads_0, grads_1)
+        updates, _ = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates)
+
+    expected = averaged_update(*micro_grads, initial.opt_state, params)
     np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-5)
     for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected),
                          strict=True):
