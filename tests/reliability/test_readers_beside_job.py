@@ -40,8 +40,10 @@ def test_predict_evaluate_and_export_beside_a_job_that_is_saving(prepared, tmp_p
             running = {name: subprocess.Popen(reader, cwd=REPO, stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True)
                        for name, reader in readers.items()}
-            results = {name: (p.wait(timeout=600), *p.communicate())
-                       for name, p in running.items()}
+            results = {}
+            for name, reader in running.items():  # reading its pipes while it runs: a reader
+                out, err = reader.communicate(timeout=600)  # blocks once a pipe is full
+                results[name] = (reader.returncode, out, err)
             assert job.poll() is None, "the job ended before the readers: " + \
                 job_log.read_text()[-3000:]
             job.send_signal(signal.SIGTERM)
