@@ -71,8 +71,8 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from data_pipeline.vocab import QUESTION_TYPES  # the dataset's question types, in its order
@@ -233,17 +233,6 @@ def close_meteor(meteor: Any) -> None:
             meteor.lock = threading.Lock()
 
 
-@contextmanager
-def meteor_scorer() -> Iterator[Any]:
-    """A pycocoevalcap ``Meteor`` scorer whose java subprocess is closed on exit."""
-    _, _, meteor_cls, _, _ = _import_scorers()
-    meteor = meteor_cls()
-    try:
-        yield meteor
-    finally:
-        close_meteor(meteor)
-
-
 _shared_meteor: Any = None
 _shared_meteor_lock = threading.Lock()
 
@@ -314,7 +303,7 @@ def coco_scores(
     Args:
       gts: key -> tokenized references, as returned by :func:`tokenize`.
       res: key -> ``[tokenized prediction]``; same keys as ``gts``.
-      meteor: an open pycocoevalcap ``Meteor`` scorer (see :func:`meteor_scorer`).
+      meteor: an open pycocoevalcap ``Meteor`` scorer (see :func:`shared_meteor_scorer`).
 
     Returns:
       ``{name: value}`` for :data:`METRIC_NAMES`, python floats.

@@ -19,7 +19,6 @@ from real_jax.evaluation.metrics import (
     close_meteor,
     exact_match,
     is_closed,
-    meteor_scorer,
     normalize_answer,
     score_predictions,
     shared_meteor_scorer,
@@ -166,10 +165,11 @@ def test_empty_predictions_are_scored_zero_without_crashing(examples, scored):
         assert scored["difference"][name] >= 0.0
 
 
-def test_meteor_scorer_closes_its_java_process():
-    with meteor_scorer() as meteor:
-        proc = meteor.meteor_p
-        assert proc.poll() is None
+def test_closing_a_meteor_scorer_ends_its_java_process():
+    meteor = Meteor()
+    proc = meteor.meteor_p
+    assert proc.poll() is None
+    close_meteor(meteor)
     assert proc.poll() is not None
     close_meteor(meteor)  # idempotent; Meteor.__del__ later must not hang either
     del meteor
