@@ -76,9 +76,9 @@ class Predictor:
             raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: not a training "
                                     "workdir of real_jax.main")
         checkpointer = Checkpointer(checkpoints, keep=1, best_metric=None, read_only=True)
-        latest = checkpointer.latest_step()
-        if best and step is None and latest is not None:
-            best_metric = checkpointer.restore_config(latest)["train"]["best_metric"]
+        if best and step is None and checkpointer.latest_step() is not None:
+            _, saved = restore_newest(checkpointer, checkpointer.restore_config)
+            best_metric = saved["train"]["best_metric"]
             checkpointer.close()
             checkpointer = Checkpointer(checkpoints, keep=1, best_metric=best_metric,
                                         read_only=True)

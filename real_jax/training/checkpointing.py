@@ -21,7 +21,8 @@ which the failed save leaves untouched (its partial directory is removed on the 
 Readers beside a running job (`real_jax.predict`, `--mode=evaluate`, `real_jax.export`) open the
 directory `read_only` (they never clean up the job's in-flight save) and restore through
 `restore_newest`: the job may delete the step a reader picked (it keeps the last N) before the
-reader has read it, and the reader then takes the new latest step.
+reader has read it, and the reader then takes the new latest step. Listing the steps reads each
+one's metadata, so it too is repeated when a step vanishes under it.
 """
 
 import time
@@ -36,6 +37,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 STATE, DATA_ITERATOR, CONFIG = "state", "data_iterator", "config"
+T = TypeVar("T")
+LISTING_ATTEMPTS = 20  # ours: a listing takes milliseconds, a job deletes a step per save
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -67,17 +70,15 @@ class Checkpointer:
                                      keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=pp.AnyPreservationPolicy(policies),
-                enable_async_checkpointing=async_save,
-                create=not read_only,
-                cleanup_tmp_directories=not read_only,  # partial saves of a killed run
-                read_only=read_only,
-            ),
-            item_names=(STATE, DATA_ITERATOR, CONFIG),
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,  # partial saves of a killed run
+            read_only=read_only,
         )
+        self.manager = self._while_steps_vanish(lambda: ocp.CheckpointManager(
+            self.directory, options=options, item_names=(STATE, DATA_ITERATOR, CONFIG)))
         # Orbax removes the leftover partial saves in a background future; wait for it so a
         # restarted run never sees them (and a test can check they are gone).
         cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
@@ -87,6 +88,31 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def reload(self) -> None:
+        """Lists the steps on disk again (a reader beside a job that is saving)."""
+        self._while_steps_vanish(self.manager.reload)
+
+    def _while_steps_vanish(self, list_steps: Callable[[], T]) -> T:
+        """`list_steps()`, called again while it fails because a step directory it was
+        reading vanished: Orbax lists the steps and then reads each one's metadata, and a job
+        beside this reader deletes old steps (it keeps the last N) at any moment. The error
+        depends on the moment (a missing file, "not a directory"), so any failure during which
+        a step vanished is retried."""
+        for attempt in range(LISTING_ATTEMPTS):
+            before = self._step_directories()
+            try:
+                return list_steps()
+            except Exception:
+                if before <= self._step_directories() or attempt == LISTING_ATTEMPTS - 1:
+                    raise
+            time.sleep(0.05)
+        raise AssertionError("not reached")
+
+    def _step_directories(self) -> set[str]:
+        if not self.directory.is_dir():
+            return set()
+        return {p.name for p in self.directory.iterdir() if p.name.isdigit()}
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -180,26 +206,31 @@ def _first_line(error: Exception) -> str:
     return line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"
 
 
-T = TypeVar("T")
-
 
 def restore_newest(checkpointer: Checkpointer, restore: Callable[[int], T], *,
-                   attempts: int = 5) -> tuple[int, T]:
+                   attempts: int = 20) -> tuple[int, T]:
     """`(step, restore(step))` for the latest complete step, for readers beside a running job.
 
     If the job deletes that step (it keeps the last N) before `restore` has read it, takes the
     then latest step; any other failure, or a step that still exists, raises at once.
     """
     for attempt in range(attempts):
-        checkpointer.manager.reload()
+        checkpointer.reload()
         step = checkpointer.latest_step()
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {checkpointer.directory}")
         try:
             return step, restore(step)
-        except Exception:
-            if (checkpointer.directory / str(step)).exists() or attempt == attempts - 1:
+        except Exception as e:
+            if (checkpointer.directory / str(step)).exists():
                 raise
+            if attempt == attempts - 1:
+                raise FileNotFoundError(
+                    f"the job writing {checkpointer.directory} deleted each of the last "
+                    f"{attempts} latest steps (up to step {step}) before this reader could read "
+                    "it: it saves faster than a restore takes. Read it with more "
+                    "--config.train.keep_checkpoints, or while it evaluates or after it "
+                    "stops.") from e
         time.sleep(0.1)
     raise AssertionError("not reached")
 

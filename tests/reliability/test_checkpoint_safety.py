@@ -1,8 +1,10 @@
 """Checkpoints survive crashes: a save killed half-way (`kill -9`) or a leftover temporary
 directory is never picked as the latest step, and a damaged complete checkpoint is a clear error
-naming its step and path. Uses `real_jax.training.checkpointing.Checkpointer` on a small state
+naming its step and path; a reader beside a job that deletes old steps as it saves always gets a
+complete step. Uses `real_jax.training.checkpointing.Checkpointer` on a small state
 (no model, nothing to compile); the end-to-end resume runs are in test_preemption_resume.py."""
 
+import functools
 import os
 import shutil
 import signal
@@ -16,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from real_jax.training.checkpointing import Checkpointer, CheckpointRestoreError
+from real_jax.training.checkpointing import Checkpointer, CheckpointRestoreError, restore_newest
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = ml_collections.ConfigDict({"name": "checkpoint-safety"})
@@ -121,3 +123,45 @@ def test_damaged_checkpoint_error_names_step_path_and_way_out(tmp_path):
     np.testing.assert_array_equal(checkpointer.restore(1, small_state(0.0))["w"],
                                   small_state(1)["w"])
     checkpointer.close()
+
+
+FAST_SAVER = textwrap.dedent("""
+    import sys
+    import ml_collections, numpy as np
+    from real_jax.training.checkpointing import Checkpointer
+
+    config = ml_collections.ConfigDict({"name": "fast"})
+    checkpointer = Checkpointer(sys.argv[1], keep=2, best_metric="loss")
+    for step in range(1, 100_000):  # a save every step, as with checkpoint_every_steps=1
+        state = {"w": np.full((64, 64), step, np.float32), "b": np.arange(8, dtype=np.int32)}
+        checkpointer.save(step, state, None, config, metrics={"loss": float(step)})
+""")
+
+
+def test_readers_get_a_complete_step_while_the_job_deletes_old_ones(tmp_path):
+    """Orbax lists the steps and reads each one's metadata, and the job deletes all but the
+    last two as it saves: listing, picking and restoring each race a deletion."""
+    directory = tmp_path / "checkpoints"
+    saver = subprocess.Popen([sys.executable, "-c", FAST_SAVER, str(directory)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 300
+        while saver.poll() is None and time.time() < deadline and not (directory / "5").exists():
+            time.sleep(0.01)
+        restored_steps = []
+        for _ in range(40):
+            assert saver.poll() is None, saver.communicate()[0][-3000:]
+            reader = Checkpointer(directory, keep=2, best_metric="loss", read_only=True)
+            step, state = restore_newest(reader, functools.partial(reader.restore,
+                                                                   abstract_state=small_state(0)))
+            _, config = restore_newest(reader, reader.restore_config)
+            reader.close()
+            np.testing.assert_array_equal(state["w"], small_state(step)["w"])
+            assert config == {"name": "fast"}
+            restored_steps.append(step)
+    finally:
+        saver.kill()
+        output = saver.communicate()[0]
+    assert restored_steps == sorted(restored_steps), output[-3000:]
+    assert restored_steps[-1] > restored_steps[0] + 10, "the job hardly saved: no race was run"
