@@ -66,6 +66,8 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(config.eval.batch_size > 0 and config.eval.batch_size % device_count == 0,
           f"eval.batch_size={config.eval.batch_size} is not divisible by the {device_count} "
           "data-parallel devices")
+    check(config.eval.meteor or "METEOR" not in (train.best_metric or ""),
+          f"train.best_metric={train.best_metric!r} needs eval.meteor=True")
     accum = train.grad_accum_steps
     per_device = train.global_batch_size // max(device_count, 1)
     check(accum >= 1 and train.global_batch_size % accum == 0

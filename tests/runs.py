@@ -6,6 +6,10 @@ the same data (`tiny_data`, tests/conftest.py) compiles to the same programs, so
 process compiles them and every later one loads them from the suite's compilation cache. The
 number of steps is part of the program (the learning-rate schedule's constants), hence one
 `STEPS` for all, and `launch/chaos.py`'s run in test_chaos.py trains as many.
+
+Runs score their evaluations without METEOR (`config.eval.meteor`): its Java scorer spends ~9 s
+of a core per process loading tables, and only test_end_to_end.py (which turns it back on) and
+tests/evaluation check its figure.
 """
 
 import subprocess
@@ -30,7 +34,7 @@ def main_command(workdir: Path, data_dir: Path | None, *extra: str) -> list[str]
             f"--workdir={workdir}", *data, f"--config.train.num_train_steps={STEPS}",
             "--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=1000",
             "--config.train.eval_every_steps=1000", "--config.data.eval_limit=8",
-            "--config.generation.answer_max_tokens=8", *extra]
+            "--config.generation.answer_max_tokens=8", "--config.eval.meteor=False", *extra]
 
 
 def run(command: list[str], ok: bool = True, **kwargs) -> subprocess.CompletedProcess:

@@ -98,7 +98,7 @@ class Evaluator:
             out.mkdir(parents=True, exist_ok=True)
             write_predictions_jsonl(out / "predictions.jsonl", predictions)
             if score:
-                metrics = score_predictions(predictions)
+                metrics = score_predictions(predictions, meteor=self.config.eval.meteor)
                 metrics["num_examples"] = len(predictions)
                 write_metrics_json(out / "metrics.json", metrics)
                 by_index = {p.index: p for p in predictions}

@@ -52,7 +52,8 @@ Java. The PTBTokenizer and METEOR are Java programs started as ``java`` from ``P
 instructions when ``java`` is missing or does not run. METEOR keeps one ``java`` subprocess per
 scorer. :func:`score_predictions` uses one per Python process (:func:`shared_meteor_scorer`):
 started at the first call, kept for the later ones (the evaluations of a training run, the
-tests), closed at exit, and started afresh after a call in which it failed.
+tests), closed at exit, and started afresh after a call in which it failed. ``meteor=False``
+(``config.eval.meteor``) leaves METEOR out and never starts that process.
 
 ``pycocoevalcap`` writes its tokenizer's temp file inside its own package folder, so that folder
 must be writable. Cost: about 9 s of one CPU core for METEOR to load its paraphrase tables,
@@ -303,10 +304,11 @@ def coco_scores(
     Args:
       gts: key -> tokenized references, as returned by :func:`tokenize`.
       res: key -> ``[tokenized prediction]``; same keys as ``gts``.
-      meteor: an open pycocoevalcap ``Meteor`` scorer (see :func:`shared_meteor_scorer`).
+      meteor: an open pycocoevalcap ``Meteor`` scorer (see :func:`shared_meteor_scorer`), or
+        None to leave METEOR out.
 
     Returns:
-      ``{name: value}`` for :data:`METRIC_NAMES`, python floats.
+      ``{name: value}`` for :data:`METRIC_NAMES` (less METEOR without a scorer), python floats.
     """
     _, bleu_cls, _, rouge_cls, cider_cls = _import_scorers()
     gts = dict(gts)
@@ -315,8 +317,9 @@ def coco_scores(
     bleu, _ = bleu_cls(4).compute_score(gts, res, verbose=0)
     for n, value in enumerate(bleu, start=1):
         out[f"BLEU-{n}"] = float(value)
-    meteor_gts = {k: [r.replace("|||", "") for r in v] for k, v in gts.items()}
-    out["METEOR"] = float(meteor.compute_score(meteor_gts, res)[0])
+    if meteor is not None:
+        meteor_gts = {k: [r.replace("|||", "") for r in v] for k, v in gts.items()}
+        out["METEOR"] = float(meteor.compute_score(meteor_gts, res)[0])
     out["ROUGE-L"] = float(rouge_cls().compute_score(gts, res)[0])
     out["CIDEr"] = float(cider_cls().compute_score(gts, res)[0])
     return out
@@ -339,7 +342,7 @@ def _group_metrics(
     return metrics
 
 
-def score_predictions(examples: Sequence[Prediction]) -> dict[str, Any]:
+def score_predictions(examples: Sequence[Prediction], *, meteor: bool = True) -> dict[str, Any]:
     """Scores generated answers: coco metrics per group plus exact-match accuracy.
 
     Java is checked before anything is scored. The tokenizer runs once over all examples (it
@@ -348,6 +351,7 @@ def score_predictions(examples: Sequence[Prediction]) -> dict[str, Any]:
 
     Args:
       examples: the predictions; ``question_type`` must be one of :data:`QUESTION_TYPES`.
+      meteor: False leaves METEOR out (no METEOR process is started).
 
     Returns:
       The nested dict described in the module docstring; ``{}`` for no examples.
@@ -377,11 +381,11 @@ def score_predictions(examples: Sequence[Prediction]) -> dict[str, Any]:
 
     result: dict[str, Any] = {}
     by_type: dict[str, dict[str, Any]] = {}
-    meteor = shared_meteor_scorer()
+    scorer = shared_meteor_scorer() if meteor else None
     try:
         for qtype in QUESTION_TYPES:
             if keys_by_type[qtype]:
-                by_type[qtype] = _group_metrics(keys_by_type[qtype], gts, res, examples, meteor)
+                by_type[qtype] = _group_metrics(keys_by_type[qtype], gts, res, examples, scorer)
     except BaseException:
         _drop_shared_meteor()
         raise

@@ -156,6 +156,17 @@ def test_scoring_calls_share_one_meteor_process_and_replace_a_dead_one(examples)
     assert shared_meteor_scorer() is not meteor and again["difference"]["count"] == 2
 
 
+def test_without_meteor_the_other_scores_are_unchanged_and_no_meteor_starts(examples, scored):
+    others = java_children()
+    without = score_predictions(examples, meteor=False)
+    assert java_children() - others == set()  # the tokenizer's java has exited, no METEOR
+    for group in ("difference", *scored["by_type"]):
+        expected = scored["by_type"].get(group, scored["difference"])
+        got = without["by_type"].get(group, without["difference"])
+        assert got == {k: v for k, v in expected.items() if k != "METEOR"}, group
+    assert without["exact_match"] == scored["exact_match"]
+
+
 def test_empty_predictions_are_scored_zero_without_crashing(examples, scored):
     # Example 6 predicts "" and example 7 "..." (empty after tokenization); both are in the
     # difference group that test_difference_metrics_equal_pycocoevalcap_called_directly checks.

@@ -77,6 +77,15 @@ def test_bad_field_is_reported_by_name(config, field, value, message):
         validate_config(config, device_count=8)
 
 
+def test_best_metric_meteor_needs_meteor_scored(config):
+    config.train.best_metric = "difference/METEOR"
+    config.eval.meteor = False
+    with pytest.raises(ConfigError, match="best_metric='difference/METEOR' needs eval.meteor"):
+        validate_config(config, device_count=8)
+    config.eval.meteor = True
+    validate_config(config, device_count=8)
+
+
 def test_missing_dataset_points_at_preparation(tmp_path):
     config = get_config("paper")
     config.data.dir = str(tmp_path / "nowhere")

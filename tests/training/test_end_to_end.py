@@ -22,6 +22,7 @@ def data_flags(tmp_path_factory):
     the same studies as the suite's `tiny_data`."""
     root = tmp_path_factory.mktemp("synthetic")
     return [
+        "--config.eval.meteor=True",  # the one run that checks METEOR (tests/runs.py)
         f"--config.data.dir={root / 'prepared'}",
         f"--config.data.synthetic_source={root / 'raw'}",
         f"--config.data.synthetic_subjects={TINY_DATA_SUBJECTS}",
