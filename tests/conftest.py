@@ -3,6 +3,8 @@
 - a persistent XLA compilation cache shared by the tests and their subprocesses, so identical
   programs compile once per suite run;
 - one small prepared dataset for the tiny preset (`tiny_data`), shared by the tests that train;
+- with `REAL_JAX_TEST_CPU_LOG=FILE`, one JSON line per test in FILE: its wall time and the CPU
+  seconds of the test process and of the subprocesses it waited for (`os.times`);
 - less LLVM optimisation of the CPU machine code. The suite is mostly compilation of tiny models
   whose steps run in milliseconds: these flags cut XLA:CPU's compile time of the tiny train step
   from 25 s to 14 s and make its run 0.05 s -> 0.15 s. The program (HLO, fusions) is the same;
@@ -11,9 +13,11 @@
   or within a rounding tolerance. Users' runs keep XLA's defaults.
 """
 
+import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +71,21 @@ def tiny_data(suite_root: Path) -> tuple[Path, list[str]]:
     ensure_dataset(config)
     return root / "prepared", [f"--config.data.dir={root / 'prepared'}",
                                "--config.data.synthetic_source="]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Appends `{"test", "wall_s", "cpu_s"}` to `$REAL_JAX_TEST_CPU_LOG` when it is set: on two
+    cores the suite keeps both busy throughout, so its wall time follows its CPU time, and this
+    says which tests spend it (setup, call and teardown together)."""
+    log = os.environ.get("REAL_JAX_TEST_CPU_LOG")
+    if not log:
+        yield
+        return
+    before, start = os.times(), time.monotonic()
+    yield
+    after = os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # user, system, children's user and system
+    with open(log, "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "wall_s": round(time.monotonic() - start, 2),
+                            "cpu_s": round(cpu, 2)}) + "\n")
