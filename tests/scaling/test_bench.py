@@ -90,6 +90,7 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(scratch):
     suite runs the others itself), the benchmark and the summary JSON."""
     env = dict(os.environ, GPU_CHECK_PRESET="tiny", GPU_CHECK_OUT=str(scratch),
                GPU_CHECK_TESTS="tests/model/test_pointwise_conv.py", PYTHON=sys.executable)
+    env.pop("REAL_JAX_TEST_CPU_LOG", None)  # its inner pytest's CPU is this test's (conftest.py)
     result = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
