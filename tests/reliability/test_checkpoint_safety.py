@@ -72,11 +72,16 @@ SLOW_SAVER = textwrap.dedent("""
 """)
 
 
+def start_saver(script: str, directory: Path) -> subprocess.Popen:
+    """`script` in a process of its own, saving into `directory`; its output in one pipe."""
+    return subprocess.Popen([sys.executable, "-c", script, str(directory)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
 def test_kill_9_during_async_save_resumes_from_last_complete_step(tmp_path):
     directory = tmp_path / "checkpoints"
-    saver = subprocess.Popen([sys.executable, "-c", SLOW_SAVER, str(directory)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    saver = start_saver(SLOW_SAVER, directory)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and saver.poll() is None:
@@ -142,9 +147,7 @@ def test_readers_get_a_complete_step_while_the_job_deletes_old_ones(tmp_path):
     """Orbax lists the steps and reads each one's metadata, and the job deletes all but the
     last two as it saves: listing, picking and restoring each race a deletion."""
     directory = tmp_path / "checkpoints"
-    saver = subprocess.Popen([sys.executable, "-c", FAST_SAVER, str(directory)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    saver = start_saver(FAST_SAVER, directory)
     try:
         deadline = time.time() + 300
         while saver.poll() is None and time.time() < deadline and not (directory / "5").exists():
