@@ -206,7 +206,6 @@ def _first_line(error: Exception) -> str:
     return line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"
 
 
-
 def restore_newest(checkpointer: Checkpointer, restore: Callable[[int], T], *,
                    attempts: int = 20) -> tuple[int, T]:
     """`(step, restore(step))` for the latest complete step, for readers beside a running job.
@@ -228,9 +227,9 @@ def restore_newest(checkpointer: Checkpointer, restore: Callable[[int], T], *,
                 raise FileNotFoundError(
                     f"the job writing {checkpointer.directory} deleted each of the last "
                     f"{attempts} latest steps (up to step {step}) before this reader could read "
-                    "it: it saves faster than a restore takes. Read it with more "
-                    "--config.train.keep_checkpoints, or while it evaluates or after it "
-                    "stops.") from e
+                    "it: it saves faster than a restore takes. Start the job with more "
+                    "--config.train.keep_checkpoints, or read while it evaluates or after "
+                    "it stops.") from e
         time.sleep(0.1)
     raise AssertionError("not reached")
 
