@@ -18,7 +18,9 @@ Stopping early, on purpose or not (README, "Reliability"):
   seconds: `LostProcessError` names the failure and the checkpoint to resume from, and the CLI
   exits at once instead of waiting at JAX's shutdown barrier for the dead process. A process
   blocked elsewhere (inside a checkpoint's barrier) is ended by JAX's coordination service after
-  `--heartbeat_timeout_seconds` (real_jax/distributed/runtime.py).
+  `--heartbeat_timeout_seconds` (real_jax/distributed/runtime.py). A checkpoint write that fails
+  because its collective with the other processes failed is that same `LostProcessError`, not a
+  storage error.
 - A checkpoint that cannot be written stops the run with `CheckpointSaveError`
   (real_jax/training/checkpointing.py); the previous checkpoint stays the latest.
 """
@@ -39,7 +41,7 @@ from real_jax.distributed import sharding as shd
 from real_jax.distributed.runtime import LostProcessError, wait_for_all_processes
 from real_jax.evaluation.loop import Evaluator
 from real_jax.experiment import build_experiment
-from real_jax.training.checkpointing import Checkpointer, restore_newest
+from real_jax.training.checkpointing import Checkpointer, CheckpointSaveError, restore_newest
 from real_jax.training.metric_writer import MetricWriter, Progress
 from real_jax.training.state import MODEL_INPUT_KEYS, TrainState
 
@@ -142,10 +144,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with StopRequest() as stop:
         try:
             return _train(config, Path(workdir), stop)
-        except jax.errors.JaxRuntimeError as e:
-            if jax.process_count() == 1:
+        except (jax.errors.JaxRuntimeError, CheckpointSaveError) as e:
+            if jax.process_count() == 1 or not _is_collective_failure(e):
                 raise
-            raise _lost_process(e, Path(workdir)) from e
+            raise _lost_process(e.__cause__ or e, Path(workdir)) from e
+
+
+# How a failed collective between processes reads (gloo on CPUs, NCCL on GPUs, JAX's
+# coordination service for barriers) when it surfaces inside a checkpoint write: Orbax syncs the
+# processes around each save and reports the failure as its own error.
+COLLECTIVE_FAILURE_MARKERS = ("Gloo", "NCCL", "coordination service", "Connection reset by peer")
+
+
+def _is_collective_failure(error: Exception) -> bool:
+    """A multi-process run's failure that another process's death explains: any error of a
+    collective in the step, or a checkpoint write whose cause names a failed collective."""
+    if isinstance(error, jax.errors.JaxRuntimeError):
+        return True
+    cause = str(error.__cause__ or "")
+    return any(marker in cause for marker in COLLECTIVE_FAILURE_MARKERS)
 
 
 def _lost_process(error: Exception, workdir: Path) -> LostProcessError:
