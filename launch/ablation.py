@@ -173,8 +173,9 @@ def run_ablation(out: str | Path, *, rows: Sequence[str] = DEFAULT_ROWS,
     if summarise_only:
         results = finished_runs(out, rows, seeds)
     else:
-        prepare_data(preset, extra)
         runs = [(row, seed) for seed in seeds for row in rows]
+        if any(not (out / row / f"seed_{seed}" / "result.json").is_file() for row, seed in runs):
+            prepare_data(preset, extra)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(lambda rs: run_one(out, *rs, preset=preset, steps=steps,
                                                        single_thread=jobs > 1, extra=extra), runs))

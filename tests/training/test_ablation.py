@@ -38,10 +38,12 @@ def test_summary_is_mean_spread_and_paired_difference():
     assert "+0.500 ± 0.500 | 2/3 |" in table
 
 
-def test_one_real_run_is_trained_scored_and_then_reused(tmp_path, tiny_data):
+def test_one_real_run_is_trained_scored_and_then_reused(tmp_path, tiny_data, monkeypatch):
     # The `real` row at the suite's common settings (tests/runs.py): its programs are cached.
+    # The harness's metrics leave METEOR out, so its scorer is not started.
     out = tmp_path / "ablation"
-    data = [*tiny_data[1], "--config.data.eval_limit=8", "--config.generation.answer_max_tokens=8"]
+    data = [*tiny_data[1], "--config.data.eval_limit=8", "--config.generation.answer_max_tokens=8",
+            "--config.eval.meteor=False", "--config.train.checkpoint_every_steps=1000"]
     record = ablation.run_ablation(out, rows=["real"], seeds=[0], preset="tiny", steps=STEPS,
                                    base="real", extra=data)
     (run,) = record["runs"]
@@ -51,7 +53,12 @@ def test_one_real_run_is_trained_scored_and_then_reused(tmp_path, tiny_data):
     config = json.loads((workdir / "config.json").read_text())
     assert config["seed"] == 0 and config["data"]["eval_split"] == "test"
     assert (out / "ablation.md").read_text().count("\n") == 3
-    # A second call finds the scores and starts nothing.
+    # A second call finds the scores and starts nothing (no process: neither a run nor the
+    # dataset's preparation).
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(ablation.subprocess, "run", no_process)
     again = ablation.run_ablation(out, rows=["real"], seeds=[0], preset="tiny", steps=STEPS,
                                   base="real", extra=data)
     assert again["runs"] == record["runs"]
