@@ -147,7 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         except (jax.errors.JaxRuntimeError, CheckpointSaveError) as e:
             if jax.process_count() == 1 or not _is_collective_failure(e):
                 raise
-            raise _lost_process(e.__cause__ or e, Path(workdir)) from e
+            # a failed save's own message blames the storage: report what it failed on
+            reason = e.__cause__ if isinstance(e, CheckpointSaveError) and e.__cause__ else e
+            raise _lost_process(reason, Path(workdir)) from e
 
 
 # How a failed collective between processes reads (gloo on CPUs, NCCL on GPUs, JAX's
