@@ -72,13 +72,18 @@ def config_flags(preset: str, overrides: Mapping[str, Any], seed: int, steps: in
         f"--config.{key}={value}" for key, value in values.items()]
 
 
+def result_path(out: Path, row: str, seed: int) -> Path:
+    """Where one (row, seed) run's scores are written once it has finished."""
+    return out / row / f"seed_{seed}" / "result.json"
+
+
 def run_one(out: Path, row: str, seed: int, *, preset: str, steps: int, single_thread: bool,
             extra: Sequence[str] = ()) -> dict[str, Any]:
     """Trains and scores one (row, seed), or reads the scores a previous call left."""
-    workdir = out / row / f"seed_{seed}"
-    result_path = workdir / "result.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
+    done = result_path(out, row, seed)
+    if done.is_file():
+        return json.loads(done.read_text())
+    workdir = done.parent
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if single_thread:
@@ -96,7 +101,7 @@ def run_one(out: Path, row: str, seed: int, *, preset: str, steps: int, single_t
     scores = json.loads(metrics_path.read_text())["difference"]
     result = {"row": row, "seed": seed, "steps": steps, "scores": scores,
               "wall_s": round(time.time() - start, 1)}
-    result_path.write_text(json.dumps(result, indent=1))
+    done.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -153,7 +158,7 @@ def prepare_data(preset: str, extra: Sequence[str]) -> None:
 
 def finished_runs(out: Path, rows: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """The results of the (row, seed) runs under `out` that have finished."""
-    paths = [out / row / f"seed_{seed}" / "result.json" for seed in seeds for row in rows]
+    paths = [result_path(out, row, seed) for seed in seeds for row in rows]
     return [json.loads(path.read_text()) for path in paths if path.is_file()]
 
 
@@ -174,7 +179,7 @@ def run_ablation(out: str | Path, *, rows: Sequence[str] = DEFAULT_ROWS,
         results = finished_runs(out, rows, seeds)
     else:
         runs = [(row, seed) for seed in seeds for row in rows]
-        if any(not (out / row / f"seed_{seed}" / "result.json").is_file() for row, seed in runs):
+        if any(not result_path(out, *run).is_file() for run in runs):
             prepare_data(preset, extra)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(lambda rs: run_one(out, *rs, preset=preset, steps=steps,
