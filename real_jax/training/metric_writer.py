@@ -10,6 +10,7 @@ logs those steps again. So the file holds each logged step once, in order, whate
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +50,27 @@ def trim_metrics_log(path: Path, last_step: int) -> tuple[int, bool]:
     return dropped, bool(tail)
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's `SummaryWriter`, imported without PyTorch where PyTorch is not loaded yet.
+
+    tensorboardX's writer imports torch whenever it is installed, only to accept torch tensors;
+    this writes Python floats, and the import cost ~2 s of every training start on a 2-core
+    machine. While the module loads, `import torch` fails (a `None` entry in `sys.modules` means
+    "not importable"), so tensorboardX takes its no-torch path; the entry is then removed and
+    torch imports normally later in the process.
+    """
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/`, logs them too.
 
@@ -60,8 +82,7 @@ class MetricWriter:
         self.enabled = enabled
         self._tensorboard = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             Path(workdir).mkdir(parents=True, exist_ok=True)
             path = Path(workdir) / "metrics.jsonl"
             dropped, cut_short = trim_metrics_log(path, resume_step)

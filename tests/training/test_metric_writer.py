@@ -41,3 +41,25 @@ def test_metrics_json_is_replaced_whole(tmp_path):
     write_metrics_json(path, {"CIDEr": 2.0})
     assert json.loads(path.read_text()) == {"CIDEr": 2.0}
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary left
+
+
+def test_tensorboard_events_are_written_without_loading_pytorch(tmp_path):
+    """tensorboardX imports torch when it is installed (~2 s of each training start); the writer
+    keeps it out, and torch still imports afterwards in the same process."""
+    import subprocess
+    import sys
+
+    check = ("import sys\n"
+             "from real_jax.training.metric_writer import MetricWriter\n"
+             f"writer = MetricWriter({str(tmp_path)!r}, enabled=True)\n"
+             "writer.write(1, {'train': {'loss': 0.5}})\n"
+             "writer.close()\n"
+             "print('torch' in sys.modules)\n"
+             "import torch\n"
+             "print(torch.ones(2).sum().item())")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "2.0"], result.stderr[-3000:]
+    (events,) = (tmp_path / "tensorboard").glob("events.*")
+    assert events.stat().st_size > 0
