@@ -312,8 +312,9 @@ def make_train_iterator(
 
     `data` is the config's data section: the split `data.train_split` of `data.dir`, selected by
     `data.question_types`, cropped to `data.image_size` (jittered if `data.jitter`), tokenised to
-    `data.question_max_tokens` / `data.answer_max_tokens`, with `data.num_workers` grain workers
-    and `data.max_bad_images` unreadable records skipped before it gives up.
+    `data.question_max_tokens` / `data.answer_max_tokens`, with `data.num_workers` grain workers,
+    `data.prefetch_examples` examples prepared ahead, and `data.max_bad_images` unreadable
+    records skipped before it gives up.
 
     The whole split is shuffled every epoch (seed) into one global sequence of examples, each
     with its own random crop and jitter (seeded by its global position); global batch k is
@@ -339,7 +340,8 @@ def make_train_iterator(
     ds = grain.MapDataset.source(_Subset(src, idx)).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(transform, seed=seed * 1000)
     ds = _HostRows(ds, per_host, shard_index, shard_count)
-    it_ds = ds.to_iter_dataset().batch(per_host, drop_remainder=True)
+    read = grain.ReadOptions(prefetch_buffer_size=data.prefetch_examples)
+    it_ds = ds.to_iter_dataset(read).batch(per_host, drop_remainder=True)
     if data.num_workers > 0:
         _mark_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))

@@ -83,6 +83,8 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(train.stop_check_every_steps >= 1,
           f"train.stop_check_every_steps={train.stop_check_every_steps} must be >= 1")
     check(data.max_bad_images >= 0, f"data.max_bad_images={data.max_bad_images} must be >= 0")
+    check(data.prefetch_examples > 0,
+          f"data.prefetch_examples={data.prefetch_examples} must be > 0")
     registration = model.registration
     check(registration.transform in TRANSFORMS,
           f"model.registration.transform={registration.transform!r} not in {sorted(TRANSFORMS)}")
