@@ -41,6 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # `python launch/collectives.py` puts launch/, not the repository, first on the path.
 sys.path.insert(0, str(REPO))
+# Never uses PyTorch: transformers, imported for FlaxGPT2, must not load it (no_torch.py).
+os.environ.setdefault("USE_TORCH", "0")
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402

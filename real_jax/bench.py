@@ -30,7 +30,9 @@ Prints the results and a markdown row (BENCHMARKS.md's table); `--json` writes t
 The work is in `real_jax.benchmark` (`report.run`); this module only parses the flags.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (real_jax.no_torch must come first)
+
+import real_jax.no_torch  # noqa: F401  (first: without --torch, transformers skips torch)
 
 import json
 import os

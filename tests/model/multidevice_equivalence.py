@@ -30,9 +30,12 @@ tests/model/test_train_step.py); the device count must be set before jax is impo
 """
 
 import json
+import os
 import sys
 
-import jax
+os.environ.setdefault("USE_TORCH", "0")  # the program, never imported: no PyTorch (no_torch.py)
+
+import jax  # noqa: E402
 import numpy as np
 
 from real_jax.distributed import sharding as shd

@@ -62,10 +62,25 @@ def test_commands_start_without_torch_but_importing_them_changes_nothing(monkeyp
     import real_jax.predict  # noqa: F401  (imported, not the program)
 
     assert "USE_TORCH" not in os.environ
-    check = ("import runpy, sys; sys.argv = ['predict', '--helpshort']\n"
-             "try:\n    runpy.run_module('real_jax.predict', run_name='__main__', alter_sys=True)\n"
-             "except SystemExit:\n    pass\n"
-             "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                            timeout=300)
-    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr[-2000:]
+    def loads_torch(module: str, *args: str) -> bool:
+        check = (f"import runpy, sys; sys.argv = ['{module}', *{list(args)!r}, '--helpshort']\n"
+                 "try:\n"
+                 f"    runpy.run_module('{module}', run_name='__main__', alter_sys=True)\n"
+                 "except SystemExit:\n    pass\n"
+                 "print('torch' in sys.modules)")
+        result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                timeout=300)
+        return {"True": True, "False": False}[result.stdout.strip().splitlines()[-1]]
+
+    assert not loads_torch("real_jax.predict")
+    # the benchmark, unless its command line may ask for the PyTorch side (next test)
+    assert not loads_torch("real_jax.bench", "--steps=2")
+
+
+def test_benchmark_flags_that_may_ask_for_pytorch():
+    from real_jax.no_torch import may_need_torch
+
+    for argv in (["--torch"], ["--torch=true"], ["-torch"], ["--steps=2", "--flagfile=f"]):
+        assert may_need_torch(argv), argv
+    for argv in ([], ["--notorch"], ["--torch=false"], ["--torch=0"], ["--torch_device=cuda"]):
+        assert not may_need_torch(argv), argv
