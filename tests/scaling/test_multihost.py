@@ -36,7 +36,7 @@ LARGEST_MOVE = STEPS * _OPTIM.learning_rate * _OPTIM.grad_clip_norm
 
 def train_flags(workdir: Path, data_flags: list[str]) -> list[str]:
     # Stopped after STEPS of STEPS + 1 (a complete checkpoint, exit 0) so that neither run
-    # evaluates: multi-process evaluation is test_process_failures.py's last run.
+    # evaluates: multi-process evaluation is in test_process_failures.py's resumed job.
     return ["--config=configs/real.py:tiny", f"--workdir={workdir}",
             f"--config.train.num_train_steps={STEPS + 1}",
             f"--config.train.stop_after_steps={STEPS}", "--config.data.eval_limit=8",

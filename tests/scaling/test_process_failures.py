@@ -1,12 +1,12 @@
-"""Two processes (the local launcher's environment, gloo) when only one of them is signalled or
-dies, through `python -m real_jax.main` on the tiny preset:
+"""Two processes (the local launcher's environment, gloo) when only one of them dies or is
+signalled, through `python -m real_jax.main` on the tiny preset:
 
-1. SIGTERM to one process only: both stop at the same step, each exits 0, and that step is one
-   complete checkpoint (the stop flag is agreed between the processes every step here).
-2. SIGKILL to process 0 (the coordinator) mid-run: process 1's next collective fails, and it
+1. SIGKILL to process 0 (the coordinator) mid-run: process 1's next collective fails, and it
    exits within seconds with one line that says what happened and where the job resumes, not a
    hang until a scheduler's limit.
-3. Both started again: they resume from the last complete checkpoint and finish.
+2. Both started again: they resume from the last complete checkpoint, evaluate together, and
+   then SIGTERM to one process only stops both at the same step, each exiting 0, with that step
+   one complete checkpoint (the stop flag is agreed between the processes every step here).
 """
 
 import re
@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 from launch.chaos import complete_steps, partial_saves
-from launch.local import commands, free_port, launch, process_env
+from launch.local import commands, free_port, process_env
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 14
 CHECKPOINT_EVERY = 4
+EVAL_EVERY = 8  # after the resume, before the SIGTERM
 EXIT_BOUND_S = 90  # the survivor's exit after the kill: seconds in practice, heartbeat at worst
 
 
@@ -28,7 +29,7 @@ def train_flags(workdir: Path, data_flags: list[str]) -> list[str]:
     return ["--config=configs/real.py:tiny", f"--workdir={workdir}",
             f"--config.train.num_train_steps={STEPS}",
             f"--config.train.checkpoint_every_steps={CHECKPOINT_EVERY}",
-            "--config.train.eval_every_steps=1000", "--config.train.log_every_steps=1",
+            f"--config.train.eval_every_steps={EVAL_EVERY}", "--config.train.log_every_steps=1",
             "--config.train.stop_check_every_steps=1", "--config.data.eval_limit=8",
             "--config.data.image_size=32", "--config.generation.answer_max_tokens=4",
             # At the restarts process 0 loads the step from the suite's compilation cache in
@@ -83,33 +84,17 @@ def start(args: list[str], log_dir: Path, name: str) -> Job:
     return job
 
 
-def test_one_process_signalled_or_killed_then_both_resume(scratch, tiny_data):
+def test_one_process_killed_then_both_resume_and_stop_together_on_one_sigterm(scratch, tiny_data):
     _, data_flags = tiny_data
     workdir = scratch / "run"
     args = train_flags(workdir, data_flags)
 
-    job = start(args, scratch, "sigterm")
-    try:
-        job.wait_for_step(3)
-        job.procs[1].send_signal(signal.SIGTERM)
-        statuses = [p.wait(timeout=300) for p in job.procs]
-    finally:
-        job.stop()
-    assert statuses == [0, 0], job.text(0)[-3000:] + job.text(1)[-3000:]
-    stopped = [re.search(r"another process received SIGTERM or SIGINT: stopped at step (\d+) of",
-                         job.text(0)),
-               re.search(r"received SIGTERM: stopped at step (\d+) of", job.text(1))]
-    assert all(stopped), job.text(0)[-3000:] + job.text(1)[-3000:]
-    step = int(stopped[0].group(1))
-    assert int(stopped[1].group(1)) == step and complete_steps(workdir)[-1] == step
-    assert not partial_saves(workdir)
-
     job = start(args, scratch, "sigkill")
     try:
-        # Mid-step, 3 steps after the next checkpoint, which has been written by then: a kill
+        # Mid-step, 3 steps after the first checkpoint, which has been written by then: a kill
         # while the survivor waits in a checkpoint's barrier ends it through JAX's coordination
         # service instead (module docstring of real_jax/training/loop.py).
-        job.wait_for_step((step // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY + 3)
+        job.wait_for_step(CHECKPOINT_EVERY + 3)
         job.procs[0].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         survivor = job.procs[1].wait(timeout=300)
@@ -120,11 +105,25 @@ def test_one_process_signalled_or_killed_then_both_resume(scratch, tiny_data):
     assert elapsed < EXIT_BOUND_S, (elapsed, text[-3000:])
     assert survivor != 0
     resume = complete_steps(workdir)[-1]
-    assert resume > step
+    assert 0 < resume < EVAL_EVERY
     assert ("error: process 1 of 2: a collective with the other processes failed" in text
             and f"to resume from step {resume}" in text), text[-3000:]
 
-    status = launch(2, 1, args, log_dir=scratch / "resumed", timeout=600)
-    resumed = (scratch / "resumed" / "process_0.log").read_text()
-    assert status == 0, resumed[-3000:]
-    assert f"at step {resume}" in resumed and complete_steps(workdir)[-1] == STEPS
+    job = start(args, scratch, "resumed")
+    try:
+        job.wait_for_step(EVAL_EVERY + 1)  # past the evaluation
+        job.procs[1].send_signal(signal.SIGTERM)
+        statuses = [p.wait(timeout=300) for p in job.procs]
+    finally:
+        job.stop()
+    logs = job.text(0)[-3000:] + job.text(1)[-3000:]
+    assert statuses == [0, 0], logs
+    assert re.search(rf"resumed from \S+ at step {resume}\b", job.text(0)), logs
+    assert (workdir / "eval" / f"step_{EVAL_EVERY}" / "metrics.json").is_file(), logs
+    stopped = [re.search(r"another process received SIGTERM or SIGINT: stopped at step (\d+) of",
+                         job.text(0)),
+               re.search(r"received SIGTERM: stopped at step (\d+) of", job.text(1))]
+    assert all(stopped), logs
+    step = int(stopped[0].group(1))
+    assert step > EVAL_EVERY and int(stopped[1].group(1)) == step
+    assert complete_steps(workdir)[-1] == step and not partial_saves(workdir)
