@@ -93,3 +93,31 @@ def test_consistency_weight_zero_turns_off_the_consistency_loss():
                                               *batch.values(), train=False))["batch_stats"]
     _, (metrics, _) = jax.eval_shape(loss_fn, params, stats, batch, jax.random.key(1))
     assert "loss_con" not in metrics
+
+
+def test_a_fresh_state_traces_the_model_initialiser_once(monkeypatch):
+    """`create_train_state` needs the state's shapes (for its shardings) before initialising:
+    both come from one trace of the initialiser (a second costs ~1 s of each fresh start)."""
+    from real_jax.training import state as state_module
+
+    traces = []
+    make_init = state_module._init_fn
+
+    def counting_init_fn(*args):
+        init = make_init(*args)
+
+        def counted(rng):
+            traces.append(rng)
+            return init(rng)
+
+        return counted
+
+    monkeypatch.setattr(state_module, "_init_fn", counting_init_fn)
+    config = tiny_config("real")
+    model = tiny_model(config)
+    batch = {k: jnp.asarray(v) for k, v in random_batch(config, 2).items()}
+    tx, _ = make_optimizer(config.optim, 10)
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+    jax.eval_shape(
+        lambda: create_train_state(model, tx, jax.random.key(0), batch_shapes(batch), mesh)[0])
+    assert len(traces) == 1
