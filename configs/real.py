@@ -134,8 +134,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.question_max_tokens = 32
     config.data.answer_max_tokens = 91  # 90 answer tokens + EOS
     config.data.num_workers = 8
-    # ours: training examples each iterator prepares ahead of the step (grain's default); the
-    # tiny preset's runs last a few steps, so it reads ahead two batches instead
+    # training examples each iterator prepares ahead of the step: grain's default read-ahead
     config.data.prefetch_examples = 500
     config.data.jitter = True
     config.data.eval_limit = -1  # > 0: evaluate on the first N examples only
@@ -217,7 +216,7 @@ def apply_tiny(config: ml_collections.ConfigDict) -> None:
     config.data.question_max_tokens = 16
     config.data.answer_max_tokens = 32
     config.data.eval_limit = 16
-    config.data.prefetch_examples = 16
+    config.data.prefetch_examples = 16  # ours: two batches; its runs last a few steps
     config.eval.batch_size = 8
     config.eval.num_figure_examples = 2
     config.generation.answer_max_tokens = 24
