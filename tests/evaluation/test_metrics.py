@@ -25,12 +25,12 @@ from real_jax.evaluation.metrics import (
 )
 
 
-@pytest.fixture(scope="module")
-def direct_meteor():
-    """One plain pycocoevalcap Meteor for all direct reference scorings (its start costs ~8 s)."""
-    meteor = Meteor()
-    yield meteor
-    close_meteor(meteor)
+@pytest.fixture
+def direct_meteor() -> Meteor:
+    """The pycocoevalcap Meteor whose `compute_score` the direct reference scorings call: the
+    process's shared one, live (a plain `Meteor()`; each start spends ~9 s of a core loading
+    tables)."""
+    return shared_meteor_scorer()
 
 
 def score_directly(examples: list[Prediction], meteor: Meteor) -> dict[str, float]:
