@@ -55,7 +55,10 @@ def model_args(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
 def _init_fn(model: ReAl, tx: optax.GradientTransformation,
              input_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> Callable[[jax.Array], TrainState]:
     def init(rng: jax.Array) -> TrainState:
-        dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in input_shapes.items()}
+        # One example: the parameters' shapes and values do not depend on the batch, and the
+        # initialiser's forward pass then costs one example, not a global batch (and its
+        # program is the same for every batch size).
+        dummy = {k: jnp.zeros((1, *s.shape[1:]), s.dtype) for k, s in input_shapes.items()}
         variables = model.init({"params": rng, "dropout": rng}, *model_args(dummy), train=False)
         params = variables["params"]
         return TrainState(
