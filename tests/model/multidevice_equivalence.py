@@ -35,7 +35,7 @@ import sys
 
 os.environ.setdefault("USE_TORCH", "0")  # the program, never imported: no PyTorch (no_torch.py)
 
-import jax  # noqa: E402
+import jax
 import numpy as np
 
 from real_jax.distributed import sharding as shd

@@ -70,7 +70,9 @@ def test_commands_start_without_torch_but_importing_them_changes_nothing(monkeyp
                  "print('torch' in sys.modules)")
         result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                                 timeout=300)
-        return {"True": True, "False": False}[result.stdout.strip().splitlines()[-1]]
+        answer = (result.stdout.strip().splitlines() or [""])[-1]
+        assert answer in ("True", "False"), result.stderr[-2000:]
+        return answer == "True"
 
     assert not loads_torch("real_jax.predict")
     # the benchmark, unless its command line may ask for the PyTorch side (next test)
