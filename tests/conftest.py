@@ -12,7 +12,11 @@
   for about 2 s more to load a process's cached programs. The program (HLO) is the same; its
   float32 results can differ from the default build's in the last bits (instruction selection),
   which no test depends on: every comparison is between runs under these same flags or within a
-  rounding tolerance. Users' runs keep XLA's defaults.
+  rounding tolerance. Users' runs keep XLA's defaults;
+- the flags the commands add to `XLA_FLAGS` (`real_jax.cli.set_gpu_xla_flags`), in the test
+  processes too: every `--xla` flag is part of a program's cache key, so without them a program
+  compiled inside a test and the same program in a command the suite starts (the benchmark's,
+  the scaling script's) would be two cache entries, each compiled.
 """
 
 import json
@@ -27,6 +31,7 @@ import jax
 import pytest
 
 from configs.real import get_config
+from real_jax.cli import set_gpu_xla_flags
 
 TINY_DATA_SUBJECTS, TINY_DATA_IMAGE_SIZE = 16, 80
 
@@ -41,6 +46,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ["XLA_FLAGS"] = " ".join(
     [*os.environ.get("XLA_FLAGS", "").split(),
      *(f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", ""))])
+set_gpu_xla_flags()
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
