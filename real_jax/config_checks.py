@@ -13,7 +13,7 @@ from real_jax.models import DTYPES
 from real_jax.models.generation import GENERATION_METHODS
 from real_jax.models.real import ALIGNMENTS, VARIANTS, prefix_length
 from real_jax.models.registration import TRANSFORMS
-from real_jax.models.resnet import ENCODERS
+from real_jax.models.resnet import ENCODERS, make_encoder
 from real_jax.training.losses import (
     CONSISTENCY_AGGREGATES,
     CONSISTENCY_IMAGE_TARGETS,
@@ -23,7 +23,6 @@ from real_jax.training.losses import (
 from real_jax.training.optimizer import OPTIMIZERS
 
 NONFINITE_POLICIES = ("stop", "skip")
-ENCODER_STRIDE = 32
 
 
 class ConfigError(ValueError):
@@ -55,9 +54,13 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     check(model.decoder.n_embd % model.decoder.n_head == 0,
           f"model.decoder.n_embd={model.decoder.n_embd} not divisible by "
           f"model.decoder.n_head={model.decoder.n_head}")
-    check(data.image_size >= ENCODER_STRIDE and data.image_size % ENCODER_STRIDE == 0,
-          f"data.image_size={data.image_size}: the ResNet encoder needs a positive multiple of "
-          f"{ENCODER_STRIDE}")
+    check(config.mesh.fsdp_min_size >= 1,
+          f"mesh.fsdp_min_size={config.mesh.fsdp_min_size} must be at least 1")
+    if model.encoder in ENCODERS:
+        stride = make_encoder(model.encoder).stride
+        check(data.image_size >= stride and data.image_size % stride == 0,
+              f"data.image_size={data.image_size}: model.encoder={model.encoder!r} needs a "
+              f"positive multiple of {stride}")
     for name in ("global_batch_size",):
         batch = train[name]
         check(batch > 0 and batch % device_count == 0,

@@ -96,12 +96,17 @@ class Experiment:
         """`(abstract_state, shardings)`: shapes and placement, nothing allocated (a restore
         target)."""
         return abstract_train_state(self.model, self.tx, self.input_shapes, self.mesh,
-                                    self.config.mesh.fsdp)
+                                    self.fsdp_min_size)
 
     def init_state(self, rng: jax.Array) -> tuple[TrainState, Any]:
         """A fresh state, each array created directly in its sharded place."""
         return create_train_state(self.model, self.tx, rng, self.input_shapes, self.mesh,
-                                  fsdp=self.config.mesh.fsdp)
+                                  self.fsdp_min_size)
+
+    @property
+    def fsdp_min_size(self) -> int | None:
+        mesh = self.config.mesh
+        return mesh.fsdp_min_size if mesh.fsdp else None
 
     def train_step(self, shardings: Any) -> Callable[..., tuple[TrainState, dict]]:
         """The jitted, state-donating train step for this config (`training.step`)."""

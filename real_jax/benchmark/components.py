@@ -45,7 +45,7 @@ def _shapes(config: ml_collections.ConfigDict, prefix_length: int) -> dict[str, 
     m, d = config.model, config.data
     return {"B": config.train.global_batch_size, "S": d.image_size, "P": prefix_length,
             "Lq": d.question_max_tokens, "La": d.answer_max_tokens, "D": m.decoder.n_embd,
-            "h": d.image_size // 32}
+            "h": d.image_size // make_encoder(m.encoder).stride}
 
 
 def _timed(fn: Callable[[], Any], steps: int, warmup: int) -> float:

@@ -19,9 +19,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
-# Arrays smaller than this stay replicated under FSDP: sharding them saves nothing and costs a
-# collective each.
-FSDP_MIN_SIZE = 2**14
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -43,9 +40,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def fsdp_partition_spec(shape: Sequence[int], num_shards: int) -> P:
-    """Splits the largest dimension divisible by `num_shards`; small arrays stay replicated."""
-    if num_shards <= 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+def fsdp_partition_spec(shape: Sequence[int], num_shards: int, min_size: int) -> P:
+    """Splits the largest dimension divisible by `num_shards`; arrays of fewer than `min_size`
+    elements stay replicated (`mesh.fsdp_min_size`)."""
+    if num_shards <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
         if shape[axis] % num_shards == 0:
@@ -55,13 +53,15 @@ def fsdp_partition_spec(shape: Sequence[int], num_shards: int) -> P:
     return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
-    """Shardings for a pytree of `jax.ShapeDtypeStruct` (the train state)."""
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int | None) -> Any:
+    """Shardings for a pytree of `jax.ShapeDtypeStruct` (the train state): all replicated
+    (data parallel) when `fsdp_min_size` is None, else FSDP (`fsdp_partition_spec`)."""
     num_shards = mesh.shape[DATA_AXIS]
 
     def sharding_for(leaf: jax.ShapeDtypeStruct) -> NamedSharding:
-        if fsdp and leaf.ndim > 0:
-            return NamedSharding(mesh, fsdp_partition_spec(leaf.shape, num_shards))
+        if fsdp_min_size is not None and leaf.ndim > 0:
+            return NamedSharding(mesh, fsdp_partition_spec(leaf.shape, num_shards,
+                                                           fsdp_min_size))
         return replicated(mesh)
 
     return jax.tree.map(sharding_for, abstract_state)

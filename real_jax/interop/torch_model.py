@@ -59,7 +59,7 @@ class TorchResNet(nn.Module):
     torchvision's `ResNet` fixes the stem at 64 channels; this builds the same modules under the
     same names (`conv1`, `bn1`, `layer{s}.{b}.conv{k}`, `.downsample.0/1`) for any
     `stage_sizes` and `num_filters`, without `fc`. `forward`: `float[B, 3, H, W]` ->
-    `float[B, C, H/32, W/32]`, C = num_filters * 2**(stages-1) * 4.
+    `float[B, C, H/r, W/r]`, r = 2**(stages+1), C = num_filters * 2**(stages-1) * 4.
     """
 
     def __init__(self, stage_sizes: Sequence[int], num_filters: int = 64) -> None:

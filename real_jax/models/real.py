@@ -154,10 +154,11 @@ class ReAl(nn.Module):
             respect to them (`real_jax/evaluation/saliency.py`).
         Returns:
           prefix: `float[B, P, D]`, P = `prefix_length` (residual tokens first when present).
-          features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/32, S/32, C]`, the
-            encoders' outputs; with the residual branch also `align_ref`, `align_main`,
-            `align_residual`, what the consistency loss compares (`alignment`), each
-            `float32[B, S/32, S/32, C]` or, for `projected_tokens`, `float[B, Q, D]`.
+          features: `{"ref", "main"[, "residual"]}` -> `float32[B, S/r, S/r, C]`, the
+            encoders' outputs (r: the encoder's `stride`, 32 for ResNet-50); with the
+            residual branch also `align_ref`, `align_main`, `align_residual`, what the
+            consistency loss compares (`alignment`), each
+            `float32[B, S/r, S/r, C]` or, for `projected_tokens`, `float[B, Q, D]`.
         """
         if self.blank_images:
             ref, main = jnp.zeros_like(ref), jnp.zeros_like(main)

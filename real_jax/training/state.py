@@ -77,20 +77,22 @@ def abstract_train_state(
     tx: optax.GradientTransformation,
     input_shapes: Mapping[str, jax.ShapeDtypeStruct],
     mesh: Mesh,
-    fsdp: bool = False,
+    fsdp_min_size: int | None = None,
 ) -> tuple[TrainState, Any]:
     """Shapes, dtypes and shardings of the train state, with nothing allocated.
 
-    Returns `(abstract_state, state_shardings)`; the abstract leaves carry their sharding, so
-    they can serve directly as a checkpoint restore target.
+    `fsdp_min_size`: None replicates every array (data parallel); an int shards the arrays of at
+    least that many elements (FSDP, `mesh.fsdp_min_size`). Returns
+    `(abstract_state, state_shardings)`; the abstract leaves carry their sharding, so they can
+    serve directly as a checkpoint restore target.
     """
-    return _abstract_state_of(_init_fn(model, tx, input_shapes), mesh, fsdp)
+    return _abstract_state_of(_init_fn(model, tx, input_shapes), mesh, fsdp_min_size)
 
 
 def _abstract_state_of(init: Callable[[jax.Array], TrainState], mesh: Mesh,
-                       fsdp: bool) -> tuple[TrainState, Any]:
+                       fsdp_min_size: int | None) -> tuple[TrainState, Any]:
     abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = shd.state_shardings(abstract, mesh, fsdp)
+    shardings = shd.state_shardings(abstract, mesh, fsdp_min_size)
     with_sharding = jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         abstract, shardings)
@@ -103,11 +105,12 @@ def create_train_state(
     rng: jax.Array,
     input_shapes: Mapping[str, jax.ShapeDtypeStruct],
     mesh: Mesh,
-    fsdp: bool = False,
+    fsdp_min_size: int | None = None,
 ) -> tuple[TrainState, Any]:
-    """Initialises the state directly in its sharded layout. Returns `(state, state_shardings)`."""
+    """Initialises the state directly in its sharded layout (`fsdp_min_size`: as in
+    `abstract_train_state`). Returns `(state, state_shardings)`."""
     init = _init_fn(model, tx, input_shapes)
-    _, shardings = _abstract_state_of(init, mesh, fsdp)
+    _, shardings = _abstract_state_of(init, mesh, fsdp_min_size)
     # The same function object as eval_shape's: jit reuses that trace instead of tracing the
     # model's initialiser again (~1 s of each fresh start on a CPU).
     state = jax.jit(init, out_shardings=shardings)(rng)
