@@ -24,8 +24,10 @@ from tests.interop.helpers import tiny_real
 
 MAX_NEW = 8
 BEAMS = (2, 4)
-EOS_BOOST = 4.0
-ATTENTION_GAIN = 3.0
+# Sized for the tiny preset's random weights (`exported`): with them the beams hold every kind
+# of answer the beam test needs (its last assertion).
+EOS_BOOST = 5.5
+ATTENTION_GAIN = 4.0
 
 
 @pytest.fixture(scope="module")

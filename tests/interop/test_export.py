@@ -59,8 +59,8 @@ def test_export_layout(exported):
     out = exported["out"]
     summary = json.loads((out / "config.json").read_text())
     assert summary["step"] == 7 and summary["variant"] == "real"
-    assert summary["encoder"] == {"name": "resnet_tiny", "stage_sizes": [1, 1, 1, 1],
-                                  "num_filters": 8, "feature_dim": 256}
+    assert summary["encoder"] == {"name": "resnet_micro", "stage_sizes": [1, 1],
+                                  "num_filters": 8, "feature_dim": 64}
     for file in [*ENCODER_FILES.values(), *PROJECTOR_FILES.values(), "gpt2/model.safetensors",
                  "gpt2/tokenizer.json", "gpt2/config.json"]:
         assert (out / file).is_file(), file

@@ -21,7 +21,7 @@ from tests.model.helpers import EOS_ID, random_batch, tiny_config
 
 VOCAB = 6  # EOS_ID = 0 and five other tokens
 STEPS = 4
-EXAMPLES = 5
+EXAMPLES = 8  # enough that some answer depends on the width and the penalty (asserted)
 ALPHAS = (0.0, 0.6, 2.0, -1.0)
 # Answers ending at EOS or cut at STEPS: 1 + 5 + 25 + 125 * 6.
 ALL_ANSWERS = sum((VOCAB - 1) ** n for n in range(STEPS - 1)) + (VOCAB - 1) ** (STEPS - 1) * VOCAB

@@ -107,7 +107,7 @@ def test_train_step_uses_only_the_collectives_of_its_layout():
     data_parallel, fsdp = report["data_parallel"], report["fsdp"]
     model = data_parallel["model"]
     assert (model["encoder"], model["n_layer"], model["n_embd"], model["vocab_size"]) == (
-        "resnet_tiny", 1, 32, VOCAB_SIZE)
+        "resnet_micro", 1, 32, VOCAB_SIZE)
     gradient_bytes = 4 * data_parallel["param_count"]  # float32 parameters
     # Beyond the gradients: the tied token embedding's gradient once more, as its two parts (the
     # lookup's scatter-add, the LM head's matmul) are each summed across devices: XLA's CPU
