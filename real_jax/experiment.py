@@ -105,6 +105,7 @@ class Experiment:
 
     @property
     def fsdp_min_size(self) -> int | None:
+        """None for data parallelism; under `mesh.fsdp`, the size of the smallest array split."""
         mesh = self.config.mesh
         return mesh.fsdp_min_size if mesh.fsdp else None
 
