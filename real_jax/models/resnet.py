@@ -95,9 +95,8 @@ class ResNet(nn.Module):
 
     Call: `float[B, H, W, 3]` (ImageNet-normalised) -> `float32[B, H/r, W/r, C]` with
     r = `stride` (32 for four stages) and C = `feature_dim` (2048 for ResNet-50). H and W must be
-    multiples of r. With
-    `pre_activation=True` the last block's output is returned before its final ReLU (the same
-    parameters; `relu` of it is the usual output).
+    multiples of r. With `pre_activation=True` the last block's output is returned before its
+    final ReLU (the same parameters; `relu` of it is the usual output).
     """
 
     stage_sizes: Sequence[int]
@@ -155,8 +154,8 @@ ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3))
 ResNet26 = partial(ResNet, stage_sizes=(2, 2, 2, 2))
 ResNetTiny = partial(ResNet, stage_sizes=(1, 1, 1, 1), num_filters=8)
 # The tests' encoder (configs/real.py:tiny): the fewest stages that keep every part of the trunk
-# (a stride-1 and a strided projection shortcut); each compile of a test program is ~30% shorter
-# than with ResNetTiny's four.
+# (a stride-1 and a strided projection shortcut); a test program compiles 25-30% faster than
+# with ResNetTiny's four.
 ResNetMicro = partial(ResNet, stage_sizes=(1, 1), num_filters=8)
 
 ENCODERS: dict[str, Callable[..., ResNet]] = {
