@@ -67,6 +67,9 @@ def paper_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     config.model.blank_images = False  # control: zero images -> text-only prior
     config.model.main_image_only = False  # control: reference := main image (zero residual)
+    # what the residual branch sees: difference (main - ref, the paper) | main (the main image:
+    # the branch's capacity without the difference, a control; ours)
+    config.model.residual_source = "difference"
     # where L_con compares features: encoder_output (the paper) | pre_activation |
     # residual_head | projected_tokens (real_jax/models/real.py)
     config.model.alignment = "encoder_output"

@@ -11,7 +11,7 @@ import ml_collections
 from data_pipeline.synthetic import CHANGES
 from real_jax.models import DTYPES
 from real_jax.models.generation import GENERATION_METHODS
-from real_jax.models.real import ALIGNMENTS, VARIANTS, prefix_length
+from real_jax.models.real import ALIGNMENTS, RESIDUAL_SOURCES, VARIANTS, prefix_length
 from real_jax.models.registration import TRANSFORMS
 from real_jax.models.resnet import ENCODERS, make_encoder
 from real_jax.training.losses import (
@@ -44,6 +44,8 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
           f"data.synthetic_changes={config.data.synthetic_changes!r} not in {CHANGES}")
     check(model.alignment in ALIGNMENTS,
           f"model.alignment={model.alignment!r} not in {ALIGNMENTS}")
+    check(model.residual_source in RESIDUAL_SOURCES,
+          f"model.residual_source={model.residual_source!r} not in {RESIDUAL_SOURCES}")
     check(not (model.blank_images and model.main_image_only),
           "model.blank_images and model.main_image_only are two different controls; set one")
     check(model.encoder in ENCODERS, f"model.encoder={model.encoder!r} not in {sorted(ENCODERS)}")

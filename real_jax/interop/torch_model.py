@@ -258,7 +258,10 @@ class TorchReAl(nn.Module):
         features = {"ref": image_features[:batch], "main": image_features[batch:]}
         groups = [tokens[:batch], tokens[batch:]]
         if self.has_residual_branch:
-            residual = gray3(main - ref) / self.std
+            if self.config.get("residual_source", "difference") == "main":
+                residual = (gray3(main) - self.mean) / self.std  # the same-capacity control
+            else:
+                residual = gray3(main - ref) / self.std
             features["residual"] = resnet_features(self.residual_encoder, residual)
             groups.insert(0, self.residual_projector(features["residual"]))
         return torch.cat(groups, dim=1), features

@@ -15,7 +15,10 @@ parameters. The three variants are the paper's ablation rows (Table 2):
 `blank_images=True` replaces both images with zeros: the same model then learns only the text
 prior, the control that shows how much the images contribute. `main_image_only=True` replaces
 the reference by the main image (the residual is then zero): the control that shows how much of
-a difference answer needs the reference at all. With a `registration` config the
+a difference answer needs the reference at all. `residual_source="main"` feeds the residual
+branch the main image instead of `main - ref`: the same parameters and tokens as the paper's
+branch without the explicit difference, the control that separates what the difference adds from
+what the branch's extra capacity adds (ours). With a `registration` config the
 reference is first aligned to the main image (`real_jax/models/registration.py`) and both the
 residual and the reference encoder see the aligned reference.
 
@@ -55,6 +58,7 @@ from real_jax.models.resnet import make_encoder
 
 VARIANTS = ("baseline", "residual_input", "real")
 ALIGNMENTS = ("encoder_output", "pre_activation", "residual_head", "projected_tokens")
+RESIDUAL_SOURCES = ("difference", "main")
 
 
 def prefix_length(variant: str, num_queries: int) -> int:
@@ -97,6 +101,7 @@ class ReAl(nn.Module):
     projector_dropout: float = 0.1
     blank_images: bool = False  # control experiment: the images are replaced by zeros
     main_image_only: bool = False  # control experiment: the reference is the main image
+    residual_source: str = "difference"  # what the residual branch sees (RESIDUAL_SOURCES)
     alignment: str = "encoder_output"  # where L_con compares features (ALIGNMENTS)
     registration: RegistrationConfig | None = None  # align ref to main first (model.register)
     dtype: Any = jnp.float32
@@ -180,10 +185,7 @@ class ReAl(nn.Module):
         features = {"ref": ref_features, "main": main_features}
         groups = list(split_pairs(image_tokens))
         if self.has_residual_branch:
-            residual = main_unit - ref_unit  # I_res = I_main - I_ref, in [-1, 1]
-            if residual_offset is not None:
-                residual = residual + residual_offset
-            residual = normalize_residual(residual)
+            residual = self._residual_input(ref_unit, main_unit, residual_offset)
             residual_raw = self.residual_encoder(residual, train=train,
                                                  pre_activation=pre_activation)
             features["residual"] = nn.relu(residual_raw) if pre_activation else residual_raw
@@ -192,6 +194,17 @@ class ReAl(nn.Module):
             features.update(self._alignment_features(
                 features, image_raw, residual_raw, image_tokens, residual_tokens))
         return jnp.concatenate(groups, axis=1), features
+
+    def _residual_input(self, ref_unit: jnp.ndarray, main_unit: jnp.ndarray,
+                        residual_offset: jnp.ndarray | None) -> jnp.ndarray:
+        """The residual encoder's input `float32[B, S, S, 3]` from unit-range `float32[B, S, S]`
+        images: `I_main - I_ref` (the paper), or the main image itself (`residual_source`)."""
+        source = main_unit - ref_unit if self.residual_source == "difference" else main_unit
+        if residual_offset is not None:
+            source = source + residual_offset
+        if self.residual_source == "difference":
+            return normalize_residual(source)  # I_res = I_main - I_ref, in [-1, 1]
+        return normalize_image(source)
 
     def _alignment_features(self, features: dict[str, jnp.ndarray], image_raw: jnp.ndarray,
                             residual_raw: jnp.ndarray, image_tokens: jnp.ndarray,

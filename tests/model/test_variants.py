@@ -121,3 +121,23 @@ def test_a_fresh_state_traces_the_model_initialiser_once(monkeypatch):
     jax.eval_shape(
         lambda: create_train_state(model, tx, jax.random.key(0), batch_shapes(batch), mesh)[0])
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("source", ["difference", "main"])
+def test_residual_source_main_keeps_the_branch_and_drops_the_difference(source):
+    """The same-capacity control: with `residual_source="main"` the residual branch has the
+    paper's parameters but its features no longer depend on the reference."""
+    from tests.model.helpers import init_variables
+
+    config = tiny_config("residual_input")
+    config.model.residual_source = source
+    model = tiny_model(config)
+    batch = {k: jnp.asarray(v) for k, v in random_batch(config, 2).items()}
+    variables = init_variables(model, batch)
+    assert set(variables["params"]) == set(abstract_params(tiny_model(tiny_config("real")),
+                                                           config))
+    encode = lambda ref: model.apply(variables, ref, batch["main"], train=False,
+                                     method=model.encode)[1]["residual"]
+    flipped = 255 - batch["ref"]
+    same = bool(jnp.array_equal(encode(batch["ref"]), encode(flipped)))
+    assert same == (source == "main")
