@@ -207,13 +207,13 @@ def apply_synthetic(config: ml_collections.ConfigDict) -> None:
 
 
 def apply_ablation(config: ml_collections.ConfigDict) -> None:
-    """`launch/ablation.py`'s preset: the demo's model, 600 steps, on synthetic studies whose
+    """`launch/ablation.py`'s preset: the demo's model, 500 steps, on synthetic studies whose
     findings persist and change level, so that a difference answer needs both images."""
     config.data.dir = "runs/synthetic_persistent/prepared"
     config.data.synthetic_source = "runs/synthetic_persistent/raw"
     config.data.synthetic_changes = "persistent"
-    config.train.num_train_steps = 600
-    config.train.eval_every_steps = 600
+    config.train.num_train_steps = 500
+    config.train.eval_every_steps = 500
 
 
 def apply_tiny(config: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,7 @@
 """Seeded ablation: config rows x seeds, each trained and scored on the test split, summarised as
 mean +- std over seeds and as paired differences to a base row.
 
-    python launch/ablation.py --out runs/ablation [--steps 500] [--seeds 0 1 2] [--jobs 1]
+    python launch/ablation.py --out runs/ablation [--steps N] [--seeds 0 1 2] [--jobs 1]
         [--rows baseline residual_input real ...] [--preset ablation] [--summarise_only]
         [-- --config.x=y ...]
 
@@ -9,7 +9,8 @@ Every row is a set of `--config.*` overrides of one preset (`ROWS`; the default 
 `configs/real.py:ablation`, is the demo's model on synthetic studies whose findings persist and
 change level, so that a difference answer needs both images). Run (row, seed) trains `--steps`
 steps with `--config.seed=seed` in `OUT/<row>/seed_<seed>` and scores its last checkpoint on the
-test split (the training run's only evaluation; no checkpoint is chosen on it). All runs read the
+test split (the training run's only evaluation; no checkpoint is chosen on it). `--steps`
+defaults to the preset's `train.num_train_steps`. All runs read the
 same prepared dataset, made once before any run starts, so that seed k of every row sees the
 same data in the same order and starts from the same initial weights for the parameters the rows
 share: the paired difference `row - base` at seed k isolates the row's change.
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from configs.real import get_config
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("CIDEr", "BLEU-4", "exact_match")
@@ -171,7 +174,8 @@ def finished_runs(out: Path, rows: Sequence[str], seeds: Sequence[int]) -> list[
 
 
 def run_ablation(out: str | Path, *, rows: Sequence[str] = DEFAULT_ROWS,
-                 seeds: Sequence[int] = (0, 1, 2), preset: str = "ablation", steps: int = 500,
+                 seeds: Sequence[int] = (0, 1, 2), preset: str = "ablation",
+                 steps: int | None = None,
                  jobs: int = 1, base: str = "residual_input", extra: Sequence[str] = (),
                  summarise_only: bool = False) -> dict[str, Any]:
     """Runs what is missing of rows x seeds (none with `summarise_only`), then writes and
@@ -180,6 +184,7 @@ def run_ablation(out: str | Path, *, rows: Sequence[str] = DEFAULT_ROWS,
     if unknown or base not in rows:
         raise ValueError(f"unknown rows {unknown} or base {base!r} not among {list(rows)}; "
                          f"rows are {list(ROWS)}")
+    steps = steps or get_config(preset).train.num_train_steps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -210,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--preset", default="ablation")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per run (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--base", default="residual_input")
     parser.add_argument("--summarise_only", action="store_true")
