@@ -64,6 +64,14 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "align_pre_activation_text_sign": ("+ alignment before the last ReLU, the text's sign",
                                        {"model.alignment": "pre_activation",
                                         "loss.consistency_sign": "main_minus_ref"}),
+    "align_pre_activation_text_sign_lambda0.1": (
+        "+ alignment before the last ReLU, the text's sign, lambda 0.1",
+        {"model.alignment": "pre_activation", "loss.consistency_sign": "main_minus_ref",
+         "loss.consistency_weight": 0.1}),
+    "align_pre_activation_text_sign_lambda10": (
+        "+ alignment before the last ReLU, the text's sign, lambda 10",
+        {"model.alignment": "pre_activation", "loss.consistency_sign": "main_minus_ref",
+         "loss.consistency_weight": 10.0}),
     "residual_branch_main": ("+ residual branch fed the main image (same capacity, no difference)",
                              {"model.variant": "residual_input",
                               "model.residual_source": "main"}),
