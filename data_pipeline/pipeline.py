@@ -1,4 +1,4 @@
-"""Grain input pipeline: prepared ArrayRecord pairs -> per-host numpy batches (README).
+"""Grain input pipeline: prepared ArrayRecord pairs -> per-host numpy batches (docs/data.md).
 
     tfds ArrayRecord data source -> grain MapDataset -> [shuffle per epoch, repeat] -> [this
     host's rows of each global batch] -> decode, same crop for both images, per-image
