@@ -1,7 +1,6 @@
 """ReAl configurations: the paper's setup, its ablation rows, the synthetic demo, a test preset.
 
-Train the paper config on a prepared MIMIC-Diff-VQA directory (see README, "Preparing
-MIMIC-Diff-VQA"):
+Train the paper config on a prepared MIMIC-Diff-VQA directory (README, "Workflows"; docs/data.md):
 
     python -m real_jax.main --config=configs/real.py --workdir=runs/real \
         --config.data.dir=data/mimic_diff_vqa
@@ -12,7 +11,7 @@ Presets are chosen after a colon:
     configs/real.py:baseline          ablation row 1: no residual branch
     configs/real.py:residual_input    ablation row 2: + residual input, no L_con
     configs/real.py:real              ablation row 3: + residual feature alignment (= paper)
-    configs/real.py:synthetic         the demo: small model on the synthetic dataset, CPU, ~15 min
+    configs/real.py:synthetic         the demo: small model on the synthetic dataset, on a CPU
     configs/real.py:ablation          the demo's model on synthetic data whose difference answers
                                       need the reference (launch/ablation.py)
     configs/real.py:tiny              tiny model for tests
@@ -75,11 +74,11 @@ def paper_config() -> ml_collections.ConfigDict:
     config.model.alignment = "encoder_output"
     # Activation checkpointing (ours): the backward pass recomputes each ResNet bottleneck's and
     # GPT-2 block's activations from the block's input instead of keeping them. Same loss and
-    # gradients; 1.28x the FLOPs; peak memory -13% at per-device batch 64 by XLA:CPU's estimate
-    # (launch/memory_table.py, launch/results/memory_paper_config.json).
+    # gradients; more FLOPs for less peak memory, measured in BENCHMARKS.md section 8
+    # (launch/memory_table.py).
     config.model.remat = False
     # Align ref to main (a transform estimated in JAX inside the model's forward pass) before
-    # the residual; ours, off as in the paper (README, "Registration").
+    # the residual; ours, off as in the paper (docs/model.md, "Registration").
     config.model.register = False
     config.model.registration = ml_collections.ConfigDict()
     config.model.registration.transform = "similarity"  # rigid | similarity | affine
@@ -155,8 +154,8 @@ def paper_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 64  # global, like train.global_batch_size
     config.eval.num_figure_examples = 4
-    # ours: False scores without METEOR, whose Java scorer spends ~9 s of a core loading its
-    # paraphrase tables in every process that scores (the other scores need Java too).
+    # ours: False scores without METEOR, whose Java scorer loads its paraphrase tables in every
+    # process that scores (its cost: docs/testing.md; the other scores need Java too).
     config.eval.meteor = True
 
     config.generation = ml_collections.ConfigDict()
@@ -166,15 +165,16 @@ def paper_config() -> ml_collections.ConfigDict:
     config.generation.answer_max_tokens = 90
 
     config.pretrained = ml_collections.ConfigDict()
-    # The paper fine-tunes ImageNet ResNet-50s and GPT-2: `python -m real_jax.pretrained --out
-    # weights` writes both here. Empty: train from scratch.
+    # Ours: the paper does not say how its encoders and decoder are initialised; we start from
+    # torchvision's ImageNet ResNet-50 (both encoders) and HF GPT-2, which `python -m
+    # real_jax.pretrained --out weights` writes here. Empty: train from scratch.
     config.pretrained.resnet50 = "weights/resnet50_imagenet.safetensors"  # torchvision state_dict
     config.pretrained.gpt2_dir = "weights/gpt2"  # HF GPT-2 directory (weights + tokenizer)
     return config
 
 
 def apply_synthetic(config: ml_collections.ConfigDict) -> None:
-    """The CPU demo: a small model on the generated synthetic dataset (README, Quick start)."""
+    """The CPU demo: a small model on the generated synthetic dataset (README, `make demo`)."""
     config.pretrained.resnet50 = ""  # small encoders and decoder, from scratch
     config.pretrained.gpt2_dir = ""
     config.data.dir = "runs/synthetic_data/prepared"
@@ -226,7 +226,7 @@ def apply_tiny(config: ml_collections.ConfigDict) -> None:
     config.eval.batch_size = 8
     config.eval.num_figure_examples = 2
     config.generation.answer_max_tokens = 24
-    config.model.encoder = "resnet_micro"  # two stages: compiles 25-30% faster than resnet_tiny
+    config.model.encoder = "resnet_micro"  # two stages: compiles faster (docs/testing.md)
     config.mesh.fsdp_min_size = 2**10  # its largest arrays have 4096 elements
     config.model.num_queries = 4
     config.model.projector_width = 32

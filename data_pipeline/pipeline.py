@@ -1,4 +1,4 @@
-"""Grain input pipeline: prepared ArrayRecord pairs -> per-host numpy batches (README).
+"""Grain input pipeline: prepared ArrayRecord pairs -> per-host numpy batches (docs/data.md).
 
     tfds ArrayRecord data source -> grain MapDataset -> [shuffle per epoch, repeat] -> [this
     host's rows of each global batch] -> decode, same crop for both images, per-image
@@ -13,8 +13,9 @@ Batch (B = per-host batch size, S = image_size):
 Training iterators are infinite, reshuffled every epoch, deterministic for a seed, and
 checkpointable (`get_state`/`set_state`, or Orbax `grain.checkpoint.CheckpointSave/Restore`).
 Evaluation iterators go once over the split in order and pad the last batch with valid=False.
-Truncated questions/answers are counted up front for the whole split (logged) and per element
-(`stats()`); unreadable records and images are counted, logged with their ids and skipped up to
+Truncated questions/answers are counted up front for the whole training split (one log line)
+and per element (`stats()`); each truncated record is logged once per iterator, however many
+epochs meet it; unreadable records and images are counted, logged with their ids and skipped up to
 a budget (`max_bad_images`, config `data.max_bad_images`, per process), past which training stops.
 """
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 _STATS: collections.Counter = collections.Counter()  # per process (each grain worker has its own)
 PIPELINE_MAX_PIXELS = 16_000_000
 UNREADABLE = "unreadable"  # key of the stand-in for a record that cannot be read
+MAX_TRUNCATION_LOGS = 10  # truncated records logged by name per iterator and kind
 
 
 def stats() -> dict[str, int]:
@@ -174,6 +176,10 @@ class PairTransform(grain.transforms.RandomMap):
         self.lq, self.la = question_max_tokens, answer_max_tokens
         self.train, self.jitter, self.max_bad = train, jitter, max_bad_images
         self.bad_ids: list[str] = []
+        # (what, record index) -> times truncated by this transform: a record met again (the
+        # next epoch) is counted, not logged again
+        self.truncated: collections.Counter = collections.Counter()
+        self.truncated_records: collections.Counter = collections.Counter()  # what -> records
 
     def random_map(self, record: dict, rng: np.random.Generator) -> dict | None:
         if record["index"] < 0:
@@ -217,10 +223,24 @@ class PairTransform(grain.transforms.RandomMap):
         return out, mask
 
     def _truncated(self, what: str, record: dict, n: int) -> None:
+        """Counts a truncated question or answer. Each record is logged once per transform (an
+        iterator's, across its epochs), up to `MAX_TRUNCATION_LOGS` records of each kind; the
+        counts of every truncation are in `stats()`."""
         _STATS[f"{what}_truncated"] += 1
-        if _STATS[f"{what}_truncated"] <= 10:
-            log.warning("%s of record %d (study %s) has %d tokens: truncated", what,
-                        record["index"], record.get("study_id"), n)
+        key = (what, int(record["index"]))
+        self.truncated[key] += 1
+        if self.truncated[key] > 1:
+            return
+        self.truncated_records[what] += 1
+        records = self.truncated_records[what]
+        if records > MAX_TRUNCATION_LOGS:
+            return
+        fit = self.lq if what == "question" else self.la - 1
+        more = ("; further ones are counted, not logged (data_pipeline.pipeline.stats())"
+                if records == MAX_TRUNCATION_LOGS else "")
+        log.warning("%s of record %d (study %s) has %d tokens, %d fit: truncated (logged once; "
+                    "%d %s(s) truncated by this iterator so far%s)", what, key[1],
+                    record.get("study_id"), n, fit, records, what, more)
 
     def _bad(self, record: dict, err: Exception | str) -> dict | None:
         _STATS["bad_image"] += 1
@@ -333,8 +353,11 @@ def make_train_iterator(
     trunc = count_truncations(data_dir, split, tokenizer, question_max_tokens,
                               answer_max_tokens, idx)
     if trunc["question_truncated"] or trunc["answer_truncated"]:
-        log.warning("%s/%s: %s (Lq=%d, La=%d)", data_dir, split, trunc, question_max_tokens,
-                    answer_max_tokens)
+        log.warning("%s/%s: of %d examples, %d questions are longer than %d tokens and %d answers "
+                    "longer than %d (+ EOS): truncated (data.question_max_tokens, "
+                    "data.answer_max_tokens)", data_dir, split, trunc["questions"],
+                    trunc["question_truncated"], question_max_tokens, trunc["answer_truncated"],
+                    answer_max_tokens - 1)
     transform = PairTransform(tokenizer, data.image_size, question_max_tokens, answer_max_tokens,
                               train=True, jitter=data.jitter, max_bad_images=data.max_bad_images)
     ds = grain.MapDataset.source(_Subset(src, idx)).shuffle(seed=seed).repeat(None)

@@ -151,7 +151,7 @@ def _mean_std(values: np.ndarray) -> dict[str, float]:
 
 
 def markdown_table(summary: Mapping[str, Mapping[str, Any]], base: str) -> str:
-    """The README table: scores as mean +- std over seeds, and CIDEr paired to `base`."""
+    """The table in docs/results.md: scores as mean +- std over seeds, CIDEr paired to `base`."""
     head = ("| row | seeds | CIDEr | BLEU-4 | exact | CIDEr - " + base +
             " (paired) | higher in |")
     lines = [head, "|---|---|---|---|---|---|---|"]

@@ -188,3 +188,62 @@ def test_missing_data_dir_is_clear(tmp_path, tokenizer):
     with pytest.raises(FileNotFoundError, match="python -m data_pipeline.prepare"):
         _train(tmp_path / "nope", tokenizer)
     assert IMAGE_SIZE >= S
+
+
+def _truncation_warnings(caplog, what: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith(f"{what} of record ")]
+
+
+def test_truncated_record_logged_once_and_counted(data_dir, tokenizer, caplog):
+    """A record truncated again (the next epoch) is counted in `stats()` but not logged again;
+    past `MAX_TRUNCATION_LOGS` records only the counts grow; a new iterator logs afresh."""
+    from data_pipeline.pipeline import MAX_TRUNCATION_LOGS, _source, stats
+
+    source, text = _source(data_dir, "train"), load_records(data_dir, "train")
+    long = [i for i in range(len(text)) if len(tokenizer.encode(text[i]["answer"])) > 1]
+    records = [{**source[i], "index": i} for i in long[:MAX_TRUNCATION_LOGS + 2]]
+    caplog.set_level("WARNING", logger="data_pipeline.pipeline")
+    before = stats().get("answer_truncated", 0)
+    t = PairTransform(tokenizer, S, LQ, 2, train=True)  # one answer token + EOS: all truncate
+    for epoch in range(3):
+        t.random_map(dict(records[0]), np.random.default_rng(epoch))
+    logged = _truncation_warnings(caplog, "answer")
+    first = records[0]["index"]
+    assert len(logged) == 1 and f"answer of record {first} " in logged[0] and "1 fit" in logged[0]
+    assert stats()["answer_truncated"] - before == 3 and t.truncated[("answer", first)] == 3
+
+    for r in records[1:]:
+        t.random_map(dict(r), np.random.default_rng(0))
+    logged = _truncation_warnings(caplog, "answer")
+    assert len(logged) == MAX_TRUNCATION_LOGS
+    assert "further ones are counted" in logged[-1]
+    assert t.truncated_records["answer"] == len(records)
+    assert stats()["answer_truncated"] - before == 3 + len(records) - 1
+
+    PairTransform(tokenizer, S, LQ, 2, train=False).map(dict(records[0]))
+    assert len(_truncation_warnings(caplog, "answer")) == MAX_TRUNCATION_LOGS + 1
+
+
+def test_train_iterator_logs_each_truncated_record_once_across_epochs(data_dir, tokenizer,
+                                                                       caplog):
+    """Over more than two epochs, the iterator names each of its few truncated records once."""
+    records = load_records(data_dir, "train")
+    lengths = [len(tokenizer.encode(records[i]["answer"])) for i in range(len(records))
+               if records[i]["question_type"] == "difference"]
+    # the answer budget that truncates the fewest answers, at least one
+    fit = max(t for t in set(lengths) if sum(n > t for n in lengths) > 0)
+    truncated = sum(n > fit for n in lengths)
+    assert 0 < truncated < 10
+    caplog.set_level("WARNING", logger="data_pipeline.pipeline")
+    it = _train(data_dir, tokenizer, answer_max_tokens=fit + 1, question_types=("difference",))
+    assert it.truncations == {"questions": len(lengths), "question_truncated": 0,
+                              "answer_truncated": truncated}
+    counted = [m for m in (r.getMessage() for r in caplog.records)
+               if f"of {len(lengths)} examples" in m]
+    assert len(counted) == 1 and f"{truncated} answers longer than {fit} " in counted[0]
+    for _ in range(2 * len(lengths) // 4 + 1):  # more than two epochs of batches of 4
+        next(it)
+    logged = _truncation_warnings(caplog, "answer")
+    assert len(logged) == truncated
+    assert len({m.split(" (study")[0] for m in logged}) == truncated

@@ -4,7 +4,7 @@ and SIGTERM both, restarted after each kill, on a dataset with an undecodable tr
 must end bitwise equal to an uninterrupted run (train state, optimizer state, data-iterator
 position), with `metrics.jsonl` holding each step once with the same values, the same
 evaluations, and no partial file left behind. A SIGTERM saves a checkpoint at the step reached and
-exits 0. The README gives the long run's figures (25 kills)."""
+exits 0. docs/reliability.md gives the long run's figures (25 kills)."""
 
 from launch.chaos import PHASES, run_chaos
 from tests.reliability.conftest import BAD_RECORD
