@@ -169,3 +169,23 @@ def test_torch_model_runs_without_jax(exported, tmp_path):
 
 def test_positions_match_jax():
     np.testing.assert_array_equal(sincos_2d_positions(3, 5, 32), jax_sincos(3, 5, 32))
+
+
+def test_same_capacity_control_exports_its_residual_input(exported, tmp_path):
+    """`model.residual_source=main` (the residual branch fed the main image) reaches TorchReAl
+    through the export: the exported residual features are JAX's, not those of `main - ref`."""
+    config = exported["config"].copy_and_resolve_references()
+    config.model.residual_source = "main"
+    model = exported["model"].clone(residual_source="main")
+    variables, batch = exported["variables"], exported["batch"]
+    out = ex.export_variables(variables["params"], variables["batch_stats"], config.to_dict(),
+                              exported["tokenizer"], tmp_path / "torch_out")
+    torch_model = TorchReAl.load(out, with_tokenizer=False)
+    _, features = jax.jit(lambda v, *a: model.apply(v, *a, train=False))(
+        variables, *model_args(batch))
+    with torch.no_grad():
+        _, torch_features = torch_model.encode(batch["ref"], batch["main"])
+    residual = torch_features["residual"].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(residual, np.asarray(features["residual"]), atol=1e-4)
+    assert not np.allclose(residual, exported["torch"].encode(batch["ref"], batch["main"])[1]
+                           ["residual"].detach().permute(0, 2, 3, 1).numpy(), atol=1e-3)
