@@ -22,7 +22,7 @@ Stopping early, on purpose or not (README, "Reliability"):
   because its collective with the other processes failed is that same `LostProcessError`, not a
   storage error.
 - A checkpoint that cannot be written stops the run with `CheckpointSaveError`
-  (real_jax/training/checkpointing.py); the previous checkpoint stays the latest.
+  (`real_jax.training.checkpointing`); the previous checkpoint stays the latest.
 """
 
 import signal
@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from data_pipeline.pipeline import make_train_iterator
+from real_jax.apps.dataset import ensure_dataset
 from real_jax.distributed import sharding as shd
 from real_jax.distributed.runtime import LostProcessError, wait_for_all_processes
 from real_jax.evaluation.loop import Evaluator
@@ -195,6 +196,7 @@ def _compiled_on_every_process(train_step: Any, state: TrainState, batch: dict[s
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) -> dict[str, Any]:
+    ensure_dataset(config)
     exp = build_experiment(config)
     train = config.train
     rng = jax.random.key(config.seed)
@@ -291,6 +293,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    ensure_dataset(config)
     exp = build_experiment(config)
     # Read-only: the workdir may belong to a job that is training and saving right now.
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.ndimage import map_coordinates
 
-TRANSFORMS = {"rigid": 3, "similarity": 4, "affine": 6}  # name -> number of parameters
+from real_jax.shared import TRANSFORMS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,8 +237,8 @@ def test_torch_load_uses_weights_only(tmp_path):
 
 
 def test_training_state_is_initialised_from_the_configured_gpt2_dir(gpt2_dir):
+    from real_jax.apps.driver import init_from_pretrained
     from real_jax.distributed import sharding as shd
-    from real_jax.training.loop import init_from_pretrained
     from real_jax.training.optimizer import make_optimizer
     from real_jax.training.state import create_train_state
 

@@ -10,13 +10,13 @@ from PIL import Image
 
 from data_pipeline.image_files import ImageFileError
 from real_jax import predict
-from real_jax.evaluation.heatmap import heatmap_figure_size
-from real_jax.evaluation.predictor import (
+from real_jax.apps.predictor import (
     DEFAULT_QUESTION,
     Predictor,
     predict_pairs,
     read_pairs_csv,
 )
+from real_jax.evaluation.heatmap import heatmap_figure_size
 from tests.dicom_files import make_dicom, save_dicom
 
 
