@@ -1,7 +1,7 @@
 """Ingest MIMIC-Diff-VQA (or the synthetic dataset) into ArrayRecord files via TFDS.
 
-    python -m data_pipeline.prepare --questions mimic_pair_questions.csv \
-        --images MIMIC_CXR_JPG_DIR --metadata mimic-cxr-2.0.0-metadata.csv.gz --out DATA_DIR \
+    python -m data_pipeline.prepare --questions mimic_pair_questions.csv \\
+        --images MIMIC_CXR_JPG_DIR --metadata mimic-cxr-2.0.0-metadata.csv.gz --out DATA_DIR \\
         [--question_types difference,...] [--resize_shorter 544] [--workers N]
 
 Mistakes in the inputs (a missing file, a csv without the expected columns, unknown question

@@ -132,16 +132,22 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | 
         if jax_command:
             set_gpu_xla_flags()
             use_compilation_cache(_CACHE.value, _CACHE_DIR.value)
-        try:
-            status = main(argv)
-        except (*USER_ERRORS, app.UsageError) as e:
-            fail(str(e))
-        except RunFailure as e:
-            logging.flush()
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(FAILURE_STATUS)
-        if isinstance(status, int):
-            sys.exit(status)
+        call(main, argv)
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def call(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """`main(argv)` with parsed flags, its errors reported as `run` reports them (module
+    docstring); an int it returns becomes the exit status. Tests call commands through this."""
+    try:
+        status = main(argv)
+    except (*USER_ERRORS, app.UsageError) as e:
+        fail(str(e))
+    except RunFailure as e:
+        logging.flush()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(FAILURE_STATUS)
+    if isinstance(status, int):
+        sys.exit(status)

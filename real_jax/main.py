@@ -1,7 +1,7 @@
 """Command line: train ReAl, or evaluate / predict with a saved checkpoint.
 
     python -m real_jax.main --config=configs/real.py:synthetic --workdir=runs/synthetic
-    python -m real_jax.main --config=configs/real.py --workdir=runs/real --mode=evaluate \
+    python -m real_jax.main --config=configs/real.py --workdir=runs/real --mode=evaluate \\
         --split=test [--step=N]
 
 Training resumes by itself from the workdir's latest checkpoint. Multi-host runs (SLURM,

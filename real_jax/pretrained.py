@@ -1,7 +1,7 @@
 """Command line: fetch the pretrained ResNet-50 and GPT-2 that the paper config starts from.
 
     python -m real_jax.pretrained --out=weights                  # online: downloads both
-    python -m real_jax.pretrained --out=weights --resnet_source=resnet50.pth \
+    python -m real_jax.pretrained --out=weights --resnet_source=resnet50.pth \\
         --gpt2_source=path/to/gpt2                               # offline: from local copies
 
 Then `python -m real_jax.main --config=configs/real.py ...` finds them where the paper config
