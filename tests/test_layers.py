@@ -1,6 +1,7 @@
-"""The import contract (pyproject.toml, `[tool.importlinter]`): the library never imports the
+"""The import contracts (pyproject.toml, `[tool.importlinter]`): the library never imports the
 applications, the factory, the commands or the configs; commands > applications > factory >
-checks > allowed values; the data pipeline needs nothing of real_jax but its entry helper.
+checks > allowed values; the data pipeline needs nothing of real_jax but its entry helper and
+error types; the PyTorch side and the numpy-only shared module never import jax.
 
 Checked with `lint-imports` (import-linter), on the tree itself and on a copy with one upward
 import added, which must break the first contract (so this test can fail).
