@@ -114,6 +114,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
             reason = reason.removeprefix(prefix)
         fail(f"{reason} (--helpshort lists the flags)")
         raise  # not reached
+    except (AttributeError, KeyError) as e:
+        # ml_collections' answer to an override of a field the config lacks: the bare key
+        key = str(e).strip("'\"")
+        overrides = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+        named = [arg for arg in overrides if key in arg.split(".")]
+        if not named:
+            raise
+        fail(f"{named[0]}: the config has no field {key!r} (fields renamed or moved since "
+             "earlier versions: configs/upgrade.py)")
+        raise  # not reached
 
 
 # reported as one `error:` line with exit status 2 (module docstring)

