@@ -29,8 +29,10 @@ demo: $(STAMP)
 		--mode=evaluate --split=test
 	$(PY) -m real_jax.summary --workdir=runs/synthetic --config=configs/real.py:synthetic
 
+# ruff, and the import contracts of pyproject.toml (also run by tests/test_layers.py)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs
