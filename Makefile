@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Two pytest workers, one test module each at a time (module fixtures are built once): the suite
-# is mostly compilation and subprocesses, so two cores finish it in about 3/4 of the serial time.
-# Modules go out in the order tests/conftest.py gives them (the slowest first).
+# One pytest worker per core (`make test JOBS=N` to choose), one test module each at a time
+# (module fixtures are built once). Modules go out in the order tests/conftest.py gives them
+# (the slowest first).
+JOBS ?= $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n $(JOBS) --dist loadscope --no-loadscope-reorder tests
 
 # Train and validate, score the test split, then print how it went and what to run next.
 demo: $(STAMP)
@@ -28,8 +29,10 @@ demo: $(STAMP)
 		--mode=evaluate --split=test
 	$(PY) -m real_jax.summary --workdir=runs/synthetic --config=configs/real.py:synthetic
 
+# ruff, and the import contracts of pyproject.toml (also run by tests/test_layers.py)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs

@@ -20,9 +20,17 @@ Presets are chosen after a colon:
 Any field can be overridden on the command line, e.g. `--config.model.variant=baseline`.
 Hyper-parameters the paper does not give are ours (the dataset authors used Adam 1e-4, batch 64,
 about 20 epochs) and are marked "ours" below.
+
+Fields that take one of a fixed set of names, and the names they take (the table in
+`real_jax/choices.py`, which `real_jax/config_checks.py` checks against):
+
 """
 
 import ml_collections
+
+from real_jax.choices import describe
+
+__doc__ += describe() + "\n"
 
 PRESETS = ("paper", "baseline", "residual_input", "real", "synthetic", "ablation", "tiny",
            "bench")
@@ -56,7 +64,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.model = ml_collections.ConfigDict()
-    config.model.variant = "real"  # baseline | residual_input | real
+    config.model.variant = "real"  # the paper's ablation rows (model docstring of real.py)
     config.model.encoder = "resnet50"
     config.model.num_queries = 32  # ours
     config.model.projector_width = 512  # ours
@@ -66,22 +74,21 @@ def paper_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     config.model.blank_images = False  # control: zero images -> text-only prior
     config.model.main_image_only = False  # control: reference := main image (zero residual)
-    # what the residual branch sees: difference (main - ref, the paper) | main (the main image:
-    # the branch's capacity without the difference, a control; ours)
+    # what the residual branch sees: difference (main - ref, the paper), or main (the main
+    # image: the branch's capacity without the difference, a control; ours)
     config.model.residual_source = "difference"
-    # where L_con compares features: encoder_output (the paper) | pre_activation |
-    # residual_head | projected_tokens (real_jax/models/real.py)
+    # where L_con compares features: encoder_output is the paper's (real_jax/models/real.py)
     config.model.alignment = "encoder_output"
     # Activation checkpointing (ours): the backward pass recomputes each ResNet bottleneck's and
     # GPT-2 block's activations from the block's input instead of keeping them. Same loss and
     # gradients; more FLOPs for less peak memory, measured in BENCHMARKS.md section 8
     # (launch/memory_table.py).
     config.model.remat = False
+    config.model.registration = ml_collections.ConfigDict()
     # Align ref to main (a transform estimated in JAX inside the model's forward pass) before
     # the residual; ours, off as in the paper (docs/model.md, "Registration").
-    config.model.register = False
-    config.model.registration = ml_collections.ConfigDict()
-    config.model.registration.transform = "similarity"  # rigid | similarity | affine
+    config.model.registration.enabled = False
+    config.model.registration.transform = "similarity"
     config.model.registration.levels = 3
     config.model.registration.steps = 20  # Adam steps per level
     config.model.registration.learning_rate = 0.02
@@ -95,13 +102,13 @@ def paper_config() -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
     config.loss.consistency_weight = 1.0  # lambda
-    config.loss.consistency_sign = "paper"  # paper | main_minus_ref
-    config.loss.consistency_spatial = "pooled"  # pooled | spatial
-    config.loss.consistency_aggregate = "mean"  # mean | sum
-    config.loss.consistency_image_target = "detached"  # detached | trainable (see losses.py)
+    config.loss.consistency_sign = "paper"  # the equation's f_ref - f_main (losses.py)
+    config.loss.consistency_spatial = "pooled"
+    config.loss.consistency_aggregate = "mean"
+    config.loss.consistency_image_target = "detached"  # see losses.py
 
     config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"  # adamw | sgd (plain SGD, same schedule; equivalence tests)
+    config.optim.name = "adamw"  # sgd: plain SGD, same schedule (equivalence tests)
     config.optim.learning_rate = 1e-4
     config.optim.warmup_steps = 1000  # ours
     config.optim.end_learning_rate_fraction = 0.01  # cosine decays to this fraction; ours
@@ -120,7 +127,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every_steps = 1000
     config.train.keep_checkpoints = 3
     config.train.best_metric = "difference/CIDEr"
-    config.train.nonfinite_policy = "stop"  # stop | skip
+    config.train.nonfinite_policy = "stop"  # or skip the update (counted in the state)
     config.train.stop_after_steps = -1  # > 0: end this job at step K with a checkpoint (resumable)
     config.train.stop_check_every_steps = 10  # multi-host: agree on SIGTERM/SIGINT this often
 
@@ -159,7 +166,7 @@ def paper_config() -> ml_collections.ConfigDict:
     config.eval.meteor = True
 
     config.generation = ml_collections.ConfigDict()
-    config.generation.method = "greedy"  # greedy | beam
+    config.generation.method = "greedy"
     config.generation.beam_size = 4
     config.generation.length_penalty = 0.0  # GNMT alpha: logp / ((5 + len) / 6) ** alpha; ours
     config.generation.answer_max_tokens = 90

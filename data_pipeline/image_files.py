@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_gray
+from real_jax.errors import UserError
 
 MIN_SIDE = 32  # px; smaller images are certainly not chest X-rays (and break the crop)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -34,7 +35,7 @@ _PLUGINS_HINT = (
 )
 
 
-class ImageFileError(ValueError):
+class ImageFileError(UserError):
     """An image file that cannot be used; the message starts with the path and says why."""
 
 

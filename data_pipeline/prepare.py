@@ -1,8 +1,11 @@
 """Ingest MIMIC-Diff-VQA (or the synthetic dataset) into ArrayRecord files via TFDS.
 
-    python -m data_pipeline.prepare --questions mimic_pair_questions.csv \
-        --images MIMIC_CXR_JPG_DIR --metadata mimic-cxr-2.0.0-metadata.csv.gz --out DATA_DIR \
+    python -m data_pipeline.prepare --questions mimic_pair_questions.csv \\
+        --images MIMIC_CXR_JPG_DIR --metadata mimic-cxr-2.0.0-metadata.csv.gz --out DATA_DIR \\
         [--question_types difference,...] [--resize_shorter 544] [--workers N]
+
+Mistakes in the inputs (a missing file, a csv without the expected columns, unknown question
+types, a split whose every row is rejected) end with one `error:` line and exit status 2.
 
 Per study it takes the first dicom whose ViewCodeSequence_CodeMeaning is postero-anterior or
 antero-posterior, else the study's first dicom (lateral views are skipped that way). It writes
@@ -19,7 +22,6 @@ scratch (no duplicated data). Decode + resize uses a process pool (all cores by 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import hashlib
@@ -27,20 +29,28 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from absl import app, flags
 
 from data_pipeline.images import DEFAULT_MAX_PIXELS
 from data_pipeline.synthetic import QUESTION_COLUMNS, image_path
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.vocab import QUESTION_TYPES, SPLITS
+from real_jax import cli
+from real_jax.errors import UserError
 
 FRONTAL = {"postero-anterior", "antero-posterior"}
 BUILDER_DIR = "mimic_diff_vqa"
 MANIFEST = "prepare.json"
 REPORT = "ingest_report.csv"
+FLAGS = flags.FLAGS
+
+
+class NothingIngestedError(UserError):
+    """Every csv row of a split was rejected; `ingest_report.csv` says why, row by row."""
 
 
 def _open_text(path: Path):
@@ -57,12 +67,12 @@ def select_frontal(metadata: str | Path) -> dict[int, str]:
         need = {"dicom_id", "study_id", "ViewCodeSequence_CodeMeaning"}
         if not need <= set(reader.fieldnames or ()):
             missing = sorted(need - set(reader.fieldnames or ()))
-            raise ValueError(f"{path}: missing columns {missing}")
+            raise UserError(f"{path}: missing columns {missing}")
         for line, r in enumerate(reader, start=2):
             try:
                 study = int(r["study_id"])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{line}: bad study_id {r['study_id']!r}") from None
+                raise UserError(f"{path}:{line}: bad study_id {r['study_id']!r}") from None
             first.setdefault(study, r["dicom_id"])
             if (r["ViewCodeSequence_CodeMeaning"] or "").strip().lower() in FRONTAL:
                 frontal.setdefault(study, r["dicom_id"])
@@ -82,7 +92,7 @@ def read_questions(path: str | Path, question_types: set[str] | None, dicoms: di
         reader = csv.DictReader(f)
         missing = set(QUESTION_COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}; need {QUESTION_COLUMNS}")
+            raise UserError(f"{path}: missing columns {sorted(missing)}; need {QUESTION_COLUMNS}")
         for i, r in enumerate(reader):
             rec = {"row": i, **{k: r.get(k) for k in QUESTION_COLUMNS}}
             reason = _validate(rec)
@@ -148,12 +158,13 @@ def prepare(*, questions: str | Path, images: str | Path, metadata: str | Path, 
       workers: decode processes (default all cores).
       force: rebuild even if the inputs and options are unchanged.
     Raises:
-      FileNotFoundError: an input does not exist. ValueError: unknown question types.
+      FileNotFoundError: an input does not exist. UserError: unknown question types, a csv
+        without the expected columns. NothingIngestedError: every row of a split rejected.
     """
     question_types = list(question_types) if question_types else None
     unknown = set(question_types or ()) - set(QUESTION_TYPES)
     if unknown:
-        raise ValueError(f"unknown question types {sorted(unknown)}; choose from "
+        raise UserError(f"unknown question types {sorted(unknown)}; choose from "
                          f"{QUESTION_TYPES}")
     for name, path in (("questions", questions), ("metadata", metadata), ("images", images)):
         if not Path(path).exists():
@@ -217,7 +228,7 @@ def prepare(*, questions: str | Path, images: str | Path, metadata: str | Path, 
         except AssertionError as e:
             if "No examples were yielded" not in str(e):
                 raise
-            raise RuntimeError(f"{e}: every row of that split was rejected; see "
+            raise NothingIngestedError(f"{e}: every row of that split was rejected; see "
                                f"{out / REPORT} for the reasons") from None
     finally:
         report.close()
@@ -246,35 +257,34 @@ def prepare(*, questions: str | Path, images: str | Path, metadata: str | Path, 
     return manifest
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--questions", required=True, help="mimic_pair_questions.csv")
-    ap.add_argument("--images", required=True, help="MIMIC-CXR-JPG root (holds files/)")
-    ap.add_argument("--metadata", required=True, help="mimic-cxr-2.0.0-metadata.csv[.gz]")
-    ap.add_argument("--out", required=True, help="prepared data directory")
-    ap.add_argument("--question_types", default=None, type=lambda s: s.split(","),
-                    help=f"comma-separated subset of {','.join(QUESTION_TYPES)} (default: all)")
-    ap.add_argument("--resize_shorter", type=int, default=544,
-                    help="stored shorter side in px (a little above the crop; 544 for 512)")
-    ap.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                    help="refuse source images above this many pixels (decompression bombs)")
-    ap.add_argument("--vocab_size", type=int, default=2000, help="trained BPE vocabulary size")
-    ap.add_argument("--workers", type=int, default=None, help="decode processes (default: all)")
-    ap.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
-    return ap.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_string("questions", None, "mimic_pair_questions.csv")
+    flags.DEFINE_string("images", None, "MIMIC-CXR-JPG root (holds files/)")
+    flags.DEFINE_string("metadata", None, "mimic-cxr-2.0.0-metadata.csv[.gz]")
+    flags.DEFINE_string("out", None, "Prepared data directory.")
+    flags.DEFINE_list("question_types", [],
+                      f"Comma-separated subset of {','.join(QUESTION_TYPES)} (default: all).")
+    flags.DEFINE_integer("resize_shorter", 544,
+                         "Stored shorter side in px (a little above the crop; 544 for 512).")
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
+                         "Refuse source images above this many pixels (decompression bombs).")
+    flags.DEFINE_integer("vocab_size", 2000, "Trained BPE vocabulary size.")
+    flags.DEFINE_integer("workers", None, "Decode processes (default: all cores).")
+    flags.DEFINE_bool("force", False, "Rebuild even if the inputs are unchanged.")
+    flags.mark_flags_as_required(["questions", "images", "metadata", "out"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line: parses, then calls `prepare`; bad inputs exit 2 with one message."""
-    args = parse_args(argv)
-    types = [t.strip() for t in args.question_types or () if t.strip()]
-    try:
-        prepare(**vars(args) | {"question_types": types or None})
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv: list[str]) -> None:
+    """The command line: calls `prepare` with the flags (bad inputs: one `error:` line, exit 2,
+    by `real_jax.cli`)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    types = [t.strip() for t in FLAGS.question_types if t.strip()]
+    prepare(questions=FLAGS.questions, images=FLAGS.images, metadata=FLAGS.metadata,
+            out=FLAGS.out, question_types=types or None, resize_shorter=FLAGS.resize_shorter,
+            max_pixels=FLAGS.max_pixels, vocab_size=FLAGS.vocab_size, workers=FLAGS.workers,
+            force=FLAGS.force)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, define_flags, jax_command=False)

@@ -75,9 +75,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "residual_branch_main": ("+ residual branch fed the main image (same capacity, no difference)",
                              {"model.variant": "residual_input",
                               "model.residual_source": "main"}),
-    "registration": ("+ alignment (the paper) + registration", {"model.register": True}),
+    "registration": ("+ alignment (the paper) + registration",
+                     {"model.registration.enabled": True}),
     "residual_input_registration": ("+ residual input + registration (no alignment)",
-                                    {"model.variant": "residual_input", "model.register": True}),
+                                    {"model.variant": "residual_input",
+                                     "model.registration.enabled": True}),
 }
 DEFAULT_ROWS = ("residual_input", "real", "align_pre_activation", "main_only", "baseline",
                 "registration", "text_prior")
@@ -169,7 +171,7 @@ def prepare_data(preset: str, extra: Sequence[str]) -> None:
     """Makes the preset's dataset once (seed 0), before runs that would race to make it."""
     subprocess.run([sys.executable, "-c", (
         "import sys; from absl import flags; from ml_collections import config_flags; "
-        "from real_jax.experiment import ensure_dataset; "
+        "from real_jax.apps.dataset import ensure_dataset; "
         "c = config_flags.DEFINE_config_file('config'); flags.FLAGS(sys.argv); "
         "ensure_dataset(c.value)"), f"--config=configs/real.py:{preset}", *extra],
         cwd=REPO, check=True)

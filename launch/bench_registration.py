@@ -13,8 +13,8 @@ rotation error in degrees), the mean absolute residual |main - ref| of the uncha
 left by noise and exposure differences), and the time per pair on this machine.
 
 `--train_step` instead times the preset's jitted train step
-(`real_jax.benchmark.jax_side.bench_jax`) without and with `model.register`, in one process,
-and prints both rates and their ratio.
+(`real_jax.benchmark.jax_side.bench_jax`) without and with `model.registration.enabled`, in one
+process, and prints both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -88,11 +88,12 @@ def train_step_cost(preset: str, steps: int) -> dict:
     rates = {}
     for register in (False, True):
         config = get_config(preset)
-        config.model.register = register
+        config.model.registration.enabled = register
         result = bench_jax(config, vocab_size=512, steps=steps, warmup=2, decode=False,
                            peak=peak)
         rates[register] = result["samples_per_s"]
-        print(f"{preset}, model.register={register}: {result['samples_per_s']:.1f} samples/s "
+        print(f"{preset}, model.registration.enabled={register}: "
+              f"{result['samples_per_s']:.1f} samples/s "
               f"({1000 * result['step_s']:.0f} ms per step of {config.train.global_batch_size}"
               f" at {config.data.image_size} px)", flush=True)
     ratio = rates[True] / rates[False]

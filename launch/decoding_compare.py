@@ -20,10 +20,11 @@ from pathlib import Path
 
 import jax
 
+from configs.upgrade import restore_config
+from real_jax.apps.driver import variables_of
 from real_jax.evaluation.loop import Evaluator
-from real_jax.experiment import build_experiment, restore_config
+from real_jax.experiment import build_experiment
 from real_jax.training.checkpointing import Checkpointer
-from real_jax.training.loop import variables_of
 
 COLUMNS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "exact_match")
 

@@ -51,6 +51,7 @@ from real_jax.benchmark.report import (
     markdown_row,
     run,
 )
+from real_jax import cli
 from real_jax.cli import set_gpu_xla_flags
 from real_jax.distributed import runtime as distributed
 
@@ -114,4 +115,6 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "Config file (path[:preset]).")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    # not a JAX command to `cli`: no compilation cache (compile times are measured), and the GPU
+    # flags are set in `main`, after the --nojax environment
+    cli.run(main, jax_command=False)

@@ -1,12 +1,20 @@
-"""What the command lines share: one-line user errors and a persistent compilation cache.
+"""The entry helper every command runs through: absl flags, one-line user errors, and for the
+JAX commands a persistent compilation cache and the GPU compiler flags.
 
-- User mistakes end with one clear line and exit status 2: a flag or config that cannot be
-  parsed (an unknown preset, a bad override), a `ConfigError`, a missing file or workdir
-  (`FileNotFoundError`), an unreadable image. Real crashes keep their traceback.
-- Failures of the run's surroundings (a checkpoint that cannot be written, another process of
-  the job lost) end with one clear line and exit status 1, at once: the failed save's writers
-  and JAX's shutdown barrier (which waits for every process, dead ones too) would otherwise keep
-  the process alive for minutes.
+    if __name__ == "__main__":
+        cli.run(main)                                  # a JAX command
+        cli.run(main, define_flags, jax_command=False) # a command that never starts JAX
+
+- User mistakes end with one clear line, `error: ...` on stderr, and exit status 2: a flag or
+  config that cannot be parsed (an unknown preset, a bad override, a missing required flag, a
+  stray argument: `app.UsageError`), a `UserError` (`real_jax.errors`; `ConfigError`,
+  `ImageFileError`, `ClusterEnvironmentError`, `PretrainedUnavailable` and the commands' own
+  are ones), a missing file or workdir (`FileNotFoundError`). Real crashes keep their
+  traceback.
+- Failures of the run's surroundings (`real_jax.errors.RunFailure`: a checkpoint that cannot be
+  written, another process of the job lost) end with one clear line and exit status 1, at
+  once: the failed save's writers and JAX's shutdown barrier (which waits for every process,
+  dead ones too) would otherwise keep the process alive for minutes.
 - On GPUs, XLA's Triton GEMM fusion is off (`--xla_gpu_enable_triton_gemm=false` added to
   `XLA_FLAGS` unless it already names that flag): with jax 0.11.2 on an H200 it aborts the
   process while compiling the paper config's train step (`triton_tiling_propagation.cc: Check
@@ -18,7 +26,11 @@
   when set; `--nocompilation_cache` turns it off), so evaluating or predicting again with the
   same model and shapes starts in seconds instead of recompiling.
 
-`run(main)` replaces `absl.app.run(main)`.
+Commands define their flags in a `define_flags()` that `run` calls, not at import, so that
+several commands can be imported into one process (the tests do) without their flag names
+colliding (`bench` keeps its own at import: nothing else imports it). This module imports
+neither JAX nor the library, so the data pipeline's command uses it too. `python -m real_jax`
+lists the commands.
 """
 
 from __future__ import annotations
@@ -28,18 +40,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 from absl import app, flags, logging
-from jax.experimental.compilation_cache import compilation_cache
 
-from data_pipeline.image_files import ImageFileError
-from real_jax.config_checks import ConfigError
-from real_jax.distributed.runtime import ClusterEnvironmentError, LostProcessError
-from real_jax.training.checkpointing import CheckpointSaveError
+from real_jax.errors import RunFailure, UserError
 
-USER_ERRORS = (ConfigError, FileNotFoundError, ImageFileError, ClusterEnvironmentError)
 USAGE_STATUS = 2
-RUN_FAILURES = (CheckpointSaveError, LostProcessError)
 FAILURE_STATUS = 1
 
 _CACHE = flags.DEFINE_bool("compilation_cache", True,
@@ -59,6 +64,9 @@ def default_cache_dir() -> Path:
 def use_compilation_cache(enabled: bool, directory: str | None = None) -> Path | None:
     """Points JAX's persistent compilation cache at `directory` (see the module docstring);
     returns the directory in use, or None when off."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
     if not enabled:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
@@ -106,22 +114,50 @@ def _parse_flags(argv: list[str]) -> list[str]:
             reason = reason.removeprefix(prefix)
         fail(f"{reason} (--helpshort lists the flags)")
         raise  # not reached
+    except (AttributeError, KeyError) as e:
+        # ml_collections' answer to an override of a field the config lacks: the bare key
+        key = str(e).strip("'\"")
+        overrides = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+        named = [arg for arg in overrides if key in arg.split(".")]
+        if not named:
+            raise
+        fail(f"{named[0]}: the config has no field {key!r} (fields renamed or moved since "
+             "earlier versions: configs/upgrade.py)")
+        raise  # not reached
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """`absl.app.run(main)`, with user mistakes reported in one line (module docstring)."""
+# reported as one `error:` line with exit status 2 (module docstring)
+USER_ERRORS = (UserError, FileNotFoundError)
+
+
+def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | None = None,
+        *, jax_command: bool = True) -> None:
+    """`absl.app.run(main)` for every command (module docstring): defines the command's flags
+    (`define_flags`, if given), parses them, and reports user mistakes in one line. `main`
+    returning an int makes it the exit status. `jax_command=False` leaves JAX alone."""
+    if define_flags is not None:
+        define_flags()
 
     def guarded(argv: list[str]) -> None:
-        set_gpu_xla_flags()
-        use_compilation_cache(_CACHE.value, _CACHE_DIR.value)
-        try:
-            main(argv)
-        except USER_ERRORS as e:
-            fail(str(e))
-        except RUN_FAILURES as e:
-            logging.flush()
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(FAILURE_STATUS)
+        if jax_command:
+            set_gpu_xla_flags()
+            use_compilation_cache(_CACHE.value, _CACHE_DIR.value)
+        call(main, argv)
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def call(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """`main(argv)` with parsed flags, its errors reported as `run` reports them (module
+    docstring); an int it returns becomes the exit status. Tests call commands through this."""
+    try:
+        status = main(argv)
+    except (*USER_ERRORS, app.UsageError) as e:
+        fail(str(e))
+    except RunFailure as e:
+        logging.flush()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(FAILURE_STATUS)
+    if isinstance(status, int):
+        sys.exit(status)

@@ -8,8 +8,9 @@
 Training, evaluation, prediction, export, the benchmark and the tests all build their model,
 optimizer, mesh, example batch and state here, so a run is described by its config alone:
 `config.model` is the whole model (`build_model`), `config.optim` the optimizer, `config.mesh`
-the layout, `config.generation` the decoding. `restore_config` turns a config saved with a
-checkpoint back into a complete config of the current code.
+the layout, `config.generation` the decoding. Building is all it does: the commands prepare
+the dataset first (`real_jax.apps.dataset.ensure_dataset`), and a config saved with a checkpoint
+is upgraded by `configs.upgrade.restore_config`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import optax
-from absl import logging
 
-from configs.real import get_config
 from data_pipeline.pipeline import load_records, load_tokenizer
 from data_pipeline.tokenizer import Tokenizer
 from real_jax.config_checks import validate_config
@@ -42,26 +41,19 @@ from real_jax.training.state import (
 )
 from real_jax.training.step import make_train_step
 
-# Fields renamed or moved since configs were first saved with checkpoints: old path -> new path.
-RENAMED_FIELDS = {
-    ("data", "register"): ("model", "register"),
-    ("data", "registration"): ("model", "registration"),
-    ("generation", "max_answer_tokens"): ("generation", "answer_max_tokens"),
-}
-
 
 def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, eos_id: int) -> ReAl:
     """`config.model` -> `ReAl`, in one call: the module's fields are the config's fields, with
     the decoder's vocabulary from the tokenizer, the compute dtype by name, and registration
-    present only when `model.register` is on. Values are checked by `config_checks`."""
+    present only when `model.registration.enabled`. Values are checked by `config_checks`."""
     fields = model_config.to_dict()
     decoder = fields.pop("decoder")
     registration = fields.pop("registration")
-    register = fields.pop("register")
+    enabled = registration.pop("enabled")
     return ReAl(
         **fields | {"dtype": DTYPES[fields["dtype"]]},
         decoder_config=make_gpt2_config(vocab_size=vocab_size, eos_token_id=eos_id, **decoder),
-        registration=RegistrationConfig(**registration) if register else None,
+        registration=RegistrationConfig(**registration) if enabled else None,
     )
 
 
@@ -134,9 +126,10 @@ def build_experiment(
     """Builds the experiment that `config` describes.
 
     Args:
-      config: a complete config (`configs/real.py`, or `restore_config` of a saved one).
-      tokenizer: the run's tokenizer; by default loaded from `config.data.dir` (after preparing
-        the synthetic dataset the config names, if absent) or `config.pretrained.gpt2_dir`.
+      config: a complete config (`configs/real.py`, or `configs.upgrade.restore_config` of a
+        saved one).
+      tokenizer: the run's tokenizer; by default loaded from `config.data.dir` (prepared
+        beforehand: `real_jax.apps.dataset.ensure_dataset`) or `config.pretrained.gpt2_dir`.
       vocab_size, eos_id: instead of a tokenizer, a bare vocabulary (benchmarks, tests); EOS is
         its last id unless `eos_id` says otherwise.
       devices: the mesh's devices (default all, of every process).
@@ -149,7 +142,6 @@ def build_experiment(
     if check:
         validate_config(config, len(devices), jax.process_count())
     if tokenizer is None and vocab_size is None:
-        ensure_dataset(config)
         tokenizer = load_tokenizer(config.data.dir, config.pretrained.gpt2_dir or None)
     if tokenizer is not None:
         vocab_size, eos_id = tokenizer.vocab_size, tokenizer.eos_id
@@ -180,57 +172,6 @@ def count_examples(config: ml_collections.ConfigDict, split: str) -> int:
     records = load_records(config.data.dir, split)
     return sum(1 for i in range(len(records))
                if not types or records[i]["question_type"] in types)
-
-
-def ensure_dataset(config: ml_collections.ConfigDict) -> None:
-    """Generates and prepares the synthetic dataset when the config names one and it is absent."""
-    data = config.data
-    if not data.synthetic_source or (Path(data.dir) / "prepare.json").is_file():
-        return
-    from data_pipeline import prepare, synthetic
-
-    source = Path(data.synthetic_source)
-    if not (source / synthetic.QUESTIONS_CSV).is_file():
-        logging.info("generating the synthetic dataset (%d subjects) into %s",
-                     data.synthetic_subjects, source)
-        synthetic.generate(source, subjects=data.synthetic_subjects, seed=config.seed,
-                           image_size=data.synthetic_image_size, changes=data.synthetic_changes)
-    logging.info("preparing %s into %s", source, data.dir)
-    prepare.prepare(
-        questions=source / synthetic.QUESTIONS_CSV, images=source,
-        metadata=source / synthetic.METADATA_CSV, out=Path(data.dir),
-        resize_shorter=data.image_size + data.image_size // 16,
-        question_types=tuple(data.question_types) or None)
-
-
-def restore_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A config saved with a checkpoint -> a complete config of the current code.
-
-    Starts from the saved preset's defaults, moves renamed fields (`RENAMED_FIELDS`) to their
-    current place, and applies every saved value; fields the code has gained since keep their
-    defaults (for example `model.register`, off), fields it no longer has are dropped with a
-    warning.
-    """
-    saved = {section: dict(values) if isinstance(values, Mapping) else values
-             for section, values in saved.items()}
-    for (old_section, old_key), (new_section, new_key) in RENAMED_FIELDS.items():
-        if old_key in saved.get(old_section, {}):
-            saved.setdefault(new_section, {})[new_key] = saved[old_section].pop(old_key)
-    config = get_config(saved.get("preset", "paper"))
-    with config.unlocked():
-        _update(config, saved, "")
-    return config
-
-
-def _update(config: ml_collections.ConfigDict, values: Mapping[str, Any], path: str) -> None:
-    for key, value in values.items():
-        if key not in config:
-            logging.warning("saved config field %s%s is not used by this version; ignored",
-                            path, key)
-        elif isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, Mapping):
-            _update(config[key], value, f"{path}{key}.")
-        else:
-            config[key] = tuple(value) if isinstance(value, list) else value
 
 
 def run_tokenizer(workdir: str | Path, config: ml_collections.ConfigDict) -> Tokenizer:

@@ -1,7 +1,7 @@
 """Command line: train ReAl, or evaluate / predict with a saved checkpoint.
 
     python -m real_jax.main --config=configs/real.py:synthetic --workdir=runs/synthetic
-    python -m real_jax.main --config=configs/real.py --workdir=runs/real --mode=evaluate \
+    python -m real_jax.main --config=configs/real.py --workdir=runs/real --mode=evaluate \\
         --split=test [--step=N]
 
 Training resumes by itself from the workdir's latest checkpoint. Multi-host runs (SLURM,
@@ -18,18 +18,23 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from real_jax import cli
+from real_jax.apps import driver as train
 from real_jax.distributed import runtime as distributed
-from real_jax.training import loop as train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (path[:preset]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evaluations.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
-                  "train (and evaluate periodically); evaluate a checkpoint; or only write its "
-                  "predictions (no scoring, no Java needed).")
-flags.DEFINE_string("split", None, "Split for --mode=evaluate/predict (default: data.eval_split).")
-flags.DEFINE_integer("step", None, "Checkpoint step for evaluate/predict (default: latest).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", None, "Config file (path[:preset]).",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and evaluations.")
+    flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
+                      "train (and evaluate periodically); evaluate a checkpoint; or only write "
+                      "its predictions (no scoring, no Java needed).")
+    flags.DEFINE_string("split", None,
+                        "Split for --mode=evaluate/predict (default: data.eval_split).")
+    flags.DEFINE_integer("step", None, "Checkpoint step for evaluate/predict (default: latest).")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -54,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags)

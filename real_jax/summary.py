@@ -2,24 +2,30 @@
 
     python -m real_jax.summary --workdir=runs/synthetic [--config=configs/real.py:synthetic]
 
-The work is `real_jax.evaluation.summary.run_summary`; this module only parses the flags.
+The work is `real_jax.apps.summary.run_summary`; this module only parses the flags.
 """
 
-import argparse
-from collections.abc import Sequence
+from absl import app, flags
 
-from real_jax.evaluation.summary import run_summary
+from real_jax import cli
+from real_jax.apps.summary import run_summary
+
+FLAGS = flags.FLAGS
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m real_jax.summary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="training workdir")
-    parser.add_argument("--config", default="configs/real.py:synthetic",
-                        help="the run's --config, for the commands it suggests")
-    args = parser.parse_args(argv)
-    print(run_summary(args.workdir, config_flag=args.config))
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "Training workdir.")
+    # the text of --config, not the config: only quoted in the commands the summary suggests
+    flags.DEFINE_string("config", "configs/real.py:synthetic",
+                        "The run's --config, for the commands the summary suggests.")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(run_summary(FLAGS.workdir, config_flag=FLAGS.config))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, define_flags, jax_command=False)

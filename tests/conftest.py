@@ -69,7 +69,7 @@ def tiny_data(suite_root: Path) -> tuple[Path, list[str]]:
 
     Returns (prepared data dir, the `--config.data.*` flags that point the tiny preset at it);
     the generated source images are in its sibling `raw/`."""
-    from real_jax.experiment import ensure_dataset
+    from real_jax.apps.dataset import ensure_dataset
 
     root = suite_root / "tiny_data"
     config = get_config("tiny")

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import jax
 from absl import flags, logging
 
+from real_jax.errors import RunFailure, UserError
+
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "host:port of process 0's coordinator for a multi-process run (the local launcher and "
@@ -44,11 +46,11 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "JAX's (100 s).")
 
 
-class ClusterEnvironmentError(ValueError):
+class ClusterEnvironmentError(UserError):
     """A launcher's variables are malformed or disagree with the processes that came up."""
 
 
-class LostProcessError(RuntimeError):
+class LostProcessError(RuntimeError, RunFailure):
     """A collective with the other processes of a multi-process run failed (one has died)."""
 
 

@@ -5,8 +5,9 @@ every process, and process 0 decodes, scores with pycocoevalcap (`real_jax.evalu
 writes `predictions.jsonl`, `metrics.json` and `examples.png` into the output directory.
 """
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -23,17 +24,29 @@ from real_jax.evaluation import (
     write_metrics_json,
     write_predictions_jsonl,
 )
-from real_jax.experiment import Experiment
+from real_jax.evaluation.metrics import metric_value
 from real_jax.models.generation import strip_after_eos
 from real_jax.models.registration import make_align_fn
 
 GENERATION_KEYS = ("ref", "main", "question_ids", "question_mask", "index", "valid")
 
 
+class Built(Protocol):
+    """What the evaluator needs of a built experiment (`real_jax.experiment.Experiment`)."""
+
+    config: Any
+    tokenizer: Any
+    mesh: jax.sharding.Mesh
+    model: Any
+
+    def generate_fn(self) -> Callable[[Mapping[str, Any], Mapping[str, jax.Array]], jax.Array]:
+        ...
+
+
 class Evaluator:
     """Generates and scores answers for one split; the jitted generator is built once."""
 
-    def __init__(self, experiment: Experiment, split: str) -> None:
+    def __init__(self, experiment: Built, split: str) -> None:
         self.config = experiment.config
         self.tokenizer = experiment.tokenizer
         self.mesh = experiment.mesh
@@ -123,8 +136,6 @@ class Evaluator:
 
 def _share_best_metric(metrics: dict[str, Any], path: str) -> dict[str, Any]:
     """Process 0's value of the best-checkpoint metric, on every process."""
-    from real_jax.training.checkpointing import metric_value
-
     value = np.float64(metric_value(metrics, path) if jax.process_index() == 0 else 0.0)
     value = float(multihost_utils.broadcast_one_to_all(value))
     if jax.process_index() == 0:

@@ -137,6 +137,15 @@ class Prediction:
 _WS = re.compile(r"\s+")
 
 
+def metric_value(metrics: dict[str, Any], path: str) -> float:
+    """`metrics["difference"]["CIDEr"]` for path `difference/CIDEr` (the best-checkpoint
+    metric, `train.best_metric`)."""
+    value: Any = metrics
+    for key in path.split("/"):
+        value = value[key]
+    return float(value)
+
+
 def normalize_answer(text: str) -> str:
     """Lowercase, strip, collapse whitespace to one space and drop trailing periods."""
     text = _WS.sub(" ", text.lower()).strip()

@@ -6,7 +6,7 @@
   (torch, torchvision and transformers only; never imports jax).
 - `real_jax.interop.torch_registration`: the registration of
   `real_jax/models/registration.py` in torch, applied by `TorchReAl` when the run was trained
-  with `model.register=True`.
+  with `model.registration.enabled=True`.
 
 Nothing is imported here, so `import real_jax.interop.torch_model` stays free of jax.
 """

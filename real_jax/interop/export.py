@@ -3,18 +3,20 @@
 Layout of OUT (all tensors in safetensors):
 
     config.json                      model structure, eos id, sizes, the training config, step,
-                                     "registration": the `model.registration` fields when the
-                                     model aligns ref to main (`model.register`), else null
+                                     "registration": the `model.registration` fields
+                                     (without `enabled`) when the model aligns ref to
+                                     main (`model.registration.enabled`), else null
     image_encoder.safetensors        torchvision `resnet50` state_dict (without `fc`), or the
     residual_encoder.safetensors     same naming for `TorchResNet` (other encoders)
     image_projector.safetensors      `real_jax.interop.torch_model.TorchProjector` state_dicts
     residual_projector.safetensors
     gpt2/                            HF `GPT2LMHeadModel.save_pretrained` + tokenizer
 
-`real_jax.interop.torch_model.TorchReAl.load(OUT)` rebuilds the model in PyTorch. The checkpoint
-is restored without a target as host numpy arrays (nested dicts), so the export needs neither the
-optimizer's structure nor the training run's device topology; only `params` and `batch_stats`
-are used.
+`real_jax.interop.torch_model.TorchReAl.load(OUT)` rebuilds the model in PyTorch;
+`real_jax.apps.export.export_checkpoint` (`python -m real_jax.export`) exports a workdir. The
+checkpoint is restored without a target as host numpy arrays (nested dicts), so the export needs
+neither the optimizer's structure nor the training run's device topology; only `params` and
+`batch_stats` are used.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
     Args:
       params, batch_stats: ReAl's variables (numpy or jax leaves, float32 written).
       config: the training config as a dict (`config.to_dict()` of a current config, or
-        `real_jax.experiment.restore_config` of a saved one).
+        `configs.upgrade.restore_config` of a saved one).
       tokenizer: the pipeline's tokenizer; its vocabulary must be the decoder's.
     """
     out = Path(out)
@@ -120,8 +122,9 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
         raise ValueError(f"decoder vocabulary {vocab_size} != tokenizer vocabulary "
                          f"{tokenizer.vocab_size}: wrong data.dir or pretrained.gpt2_dir?")
     encoder = make_encoder(model_config["encoder"])
-    registration = (RegistrationConfig(**model_config["registration"])
-                    if model_config["register"] else None)
+    registration = {k: v for k, v in model_config["registration"].items() if k != "enabled"}
+    registration = (RegistrationConfig(**registration)
+                    if model_config["registration"]["enabled"] else None)
     for name, file in ENCODER_FILES.items():
         if name in params:
             save_file(tw.resnet_to_torch(params[name], batch_stats.get(name, {})),
@@ -160,27 +163,6 @@ def export_variables(params: Mapping[str, Any], batch_stats: Mapping[str, Any],
     }
     (out / CONFIG_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return out
-
-
-def export_checkpoint(workdir: str | Path, out: str | Path, step: int | None = None,
-                      data_dir: str | None = None, gpt2_dir: str | None = None) -> Path:
-    """Restores a workdir's checkpoint and exports it (see `export_variables`).
-
-    The tokenizer is the one the run saved in its workdir, else the training config's
-    `data.dir` / `pretrained.gpt2_dir`; `data_dir` / `gpt2_dir` override both (e.g. when
-    exporting on another machine).
-    """
-    from data_pipeline.pipeline import load_tokenizer
-    from real_jax.experiment import restore_config, run_tokenizer
-
-    params, batch_stats, saved, step = restore_variables(workdir, step)
-    config = restore_config(saved)
-    if data_dir is None and gpt2_dir is None:
-        tokenizer = run_tokenizer(workdir, config)
-    else:
-        tokenizer = load_tokenizer(data_dir or config.data.dir,
-                                   gpt2_dir or config.pretrained.gpt2_dir or None)
-    return export_variables(params, batch_stats, config.to_dict(), tokenizer, out, step)
 
 
 def import_export(out: str | Path, params: Mapping[str, Any], batch_stats: Mapping[str, Any]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from real_jax.errors import UserError
+
 RESNET_FILE = "resnet50_imagenet.safetensors"
 GPT2_DIR = "gpt2"
 # torchvision's ResNet50_Weights.IMAGENET1K_V1: the classic ImageNet weights (what
@@ -24,8 +26,9 @@ RESNET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 GPT2_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt")
 
 
-class PretrainedUnavailable(RuntimeError):
-    """A pretrained download failed; the message says which files to place where."""
+class PretrainedUnavailable(UserError):
+    """A pretrained download failed (offline, say); the message says which files to place where,
+    so the command reports it in one line."""
 
 
 def manual_instructions(out: Path) -> str:

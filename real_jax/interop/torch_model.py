@@ -6,8 +6,8 @@ divided by the std only), ResNet trunks (BatchNorm eps 1e-5, running statistics)
 projectors (pre-LN, LayerNorm eps 1e-6 as in Flax, tanh-GELU as Flax's `nn.gelu`), and GPT-2 over
 `[residual | ref | main | question (left-padded) | answer]` with position ids
 `max(cumsum(mask) - 1, 0)`. Greedy decoding matches `real_jax.models.generation.greedy_search`.
-A model trained with `model.register=True` first aligns ref to main, as the JAX model does
-(`torch_registration`, from config.json's `"registration"`).
+A model trained with `model.registration.enabled=True` first aligns ref to main, as the JAX model
+does (`torch_registration`, from config.json's `"registration"`).
 
     model = TorchReAl.load("exported")            # folder written by `python -m real_jax.export`
     answers = model.answer(ref, main, ["what has changed compared to the reference image?"])
@@ -37,9 +37,8 @@ from torchvision.models.resnet import Bottleneck
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from real_jax.interop.torch_registration import register
+from real_jax.shared import IMAGENET_MEAN, IMAGENET_STD, sincos_2d_positions
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET50_STAGES = (3, 4, 6, 3)
 FLAX_LAYER_NORM_EPS = 1e-6
 CONFIG_FILE = "config.json"
@@ -109,15 +108,6 @@ def build_resnet(stage_sizes: Sequence[int], num_filters: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- projector
-
-
-def sincos_2d_positions(height: int, width: int, dim: int) -> np.ndarray:
-    """Same as `real_jax.models.projector.sincos_2d_positions`: `float32[height*width, dim]`."""
-    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim // 4))
-    y = ys.reshape(-1, 1) * omega[None]
-    x = xs.reshape(-1, 1) * omega[None]
-    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
 
 
 class Attention(nn.Module):
@@ -242,8 +232,9 @@ class TorchReAl(nn.Module):
     def encode(self, ref: Any, main: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`uint8[B, S, S]` x2 -> prefix `float[B, P, D]` and features `{name: [B, C, h, w]}`.
 
-        With a `"registration"` config (models trained with `model.register`), `ref` is first
-        aligned to `main` (`torch_registration.register`), for both its encoder and the residual.
+        With a `"registration"` config (models trained with `model.registration.enabled`), `ref`
+        is first aligned to `main` (`torch_registration.register`), for both its encoder and the
+        residual.
         """
         ref = _as_tensor(ref, torch.float32, self.device)
         main = _as_tensor(main, torch.float32, self.device)

@@ -1,10 +1,10 @@
 """Aligns the reference image to the main image in PyTorch: `real_jax/models/registration.py`
 without jax.
 
-An exported model trained with `model.register=True` (`config.json` `"registration"`) must align
-each pair exactly as the JAX model did before forming the residual, or it would read every
-positioning change as a difference. This module re-implements the same algorithm operation by
-operation, in float32:
+An exported model trained with `model.registration.enabled=True` (`config.json`
+`"registration"`) must align each pair exactly as the JAX model did before forming the
+residual, or it would read every positioning change as a difference. This module re-implements
+the same algorithm operation by operation, in float32:
 
 * geometry: physical coordinates `x` across the width in [-1, 1], `y` down the height in
   [-H/W, H/W]; `x_ref = A @ x_main + t` with the same parameterisation (`transform_matrix`);
@@ -42,7 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-TRANSFORMS = {"rigid": 3, "similarity": 4, "affine": 6}  # name -> number of parameters
+from real_jax.shared import TRANSFORMS
+
 DEFAULTS = {"transform": "similarity", "levels": 3, "steps": 20, "learning_rate": 0.02,
             "min_size": 16}  # `real_jax.models.registration.RegistrationConfig`'s defaults
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults

@@ -8,8 +8,7 @@ pixels the encoders see. Grayscale is repeated to
 
 import jax.numpy as jnp
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from real_jax.shared import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_unit_float(image: jnp.ndarray) -> jnp.ndarray:

@@ -10,18 +10,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-
-def sincos_2d_positions(height: int, width: int, dim: int) -> np.ndarray:
-    """Fixed 2-D sine-cosine position codes, `float32[height * width, dim]` (dim % 4 == 0)."""
-    if dim % 4:
-        raise ValueError(f"projector width must be a multiple of 4, got {dim}")
-    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim // 4))
-    y = ys.reshape(-1, 1) * omega[None]
-    x = xs.reshape(-1, 1) * omega[None]
-    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+from real_jax.shared import sincos_2d_positions
 
 
 class ProjectorLayer(nn.Module):

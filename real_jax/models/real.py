@@ -103,7 +103,8 @@ class ReAl(nn.Module):
     main_image_only: bool = False  # control experiment: the reference is the main image
     residual_source: str = "difference"  # what the residual branch sees (RESIDUAL_SOURCES)
     alignment: str = "encoder_output"  # where L_con compares features (ALIGNMENTS)
-    registration: RegistrationConfig | None = None  # align ref to main first (model.register)
+    # align ref to main first (model.registration.enabled)
+    registration: RegistrationConfig | None = None
     dtype: Any = jnp.float32
     remat: bool = False  # activation checkpointing of the ResNet and GPT-2 blocks (model.remat)
 

@@ -2,9 +2,10 @@
 
 Follow-up radiographs are never taken in exactly the same position, so the plain `main - ref`
 turns every shift, tilt or change of magnification into a false difference. With
-`model.register=True` the model first maps `ref` onto `main`'s pixel grid with the transform
-that maximises their normalised cross-correlation (NCC, blind to exposure differences), then
-forms the residual and encodes both images as usual (README, "Registration").
+`model.registration.enabled=True` the model first maps `ref` onto `main`'s pixel grid with the
+transform that maximises their normalised cross-correlation (NCC, blind to exposure
+differences), then forms the residual and encodes both images as usual (README,
+"Registration").
 
 Geometry: a pixel's physical coordinates are `x` across the width in [-1, 1] and `y` down the
 height in [-H/W, H/W] (square pixels, origin at the image centre). The transform maps a point of
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.ndimage import map_coordinates
 
-TRANSFORMS = {"rigid": 3, "similarity": 4, "affine": 6}  # name -> number of parameters
+from real_jax.shared import TRANSFORMS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from real_jax.errors import RunFailure
+from real_jax.evaluation.metrics import metric_value
+
 STATE, DATA_ITERATOR, CONFIG = "state", "data_iterator", "config"
 T = TypeVar("T")
 LISTING_ATTEMPTS = 20  # ours: a listing takes milliseconds, a job deletes a step per save
@@ -45,16 +48,8 @@ class CheckpointRestoreError(RuntimeError):
     """A complete checkpoint that cannot be restored (damaged, or an incompatible layout)."""
 
 
-class CheckpointSaveError(OSError):
+class CheckpointSaveError(OSError, RunFailure):
     """A checkpoint could not be written (disk full, storage gone, permission lost)."""
-
-
-def metric_value(metrics: dict[str, Any], path: str) -> float:
-    """`metrics["difference"]["CIDEr"]` for path `difference/CIDEr`."""
-    value: Any = metrics
-    for key in path.split("/"):
-        value = value[key]
-    return float(value)
 
 
 class Checkpointer:

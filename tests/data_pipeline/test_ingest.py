@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 
-import pytest
 from conftest import SUBJECTS, manifest, read_metadata
 
 from data_pipeline import prepare, synthetic
 from data_pipeline.pipeline import load_records
 from data_pipeline.vocab import QUESTION_TYPES
+from tests.runs import run
 
 
 def _digest(root):
@@ -92,20 +93,42 @@ def test_rerun_is_idempotent(raw_dir, data_dir, capsys):
     assert len(list((data_dir / prepare.BUILDER_DIR).glob("*/*.array_record*"))) == 3
 
 
-def test_question_types_filter_and_bomb_guard(raw_dir, tmp_path, capfd):
+def test_question_types_filter_and_bomb_guard(raw_dir, tmp_path):
+    """`python -m data_pipeline.prepare` as users run it: the filter, then a user error."""
     raw, _ = raw_dir
     out = tmp_path / "diff"
-    argv = ["--questions", str(raw / synthetic.QUESTIONS_CSV), "--images", str(raw),
-            "--metadata", str(raw / synthetic.METADATA_CSV), "--out", str(out),
-            "--question_types", "difference", "--workers", "1"]
-    assert prepare.main(argv) == 0
-    printed = capfd.readouterr().out
+    command = [sys.executable, "-m", "data_pipeline.prepare",
+               f"--questions={raw / synthetic.QUESTIONS_CSV}", f"--images={raw}",
+               f"--metadata={raw / synthetic.METADATA_CSV}", f"--out={out}",
+               "--question_types=difference", "--workers=1"]
+    printed = run(command).stdout
     assert "writing question rows (train " in printed and "Unknown size" not in printed
     m = json.loads((out / prepare.MANIFEST).read_text())
     assert m["excluded_by_question_type"] > 0
     assert {r["question_type"] for r in load_records(out, "train")} == {"difference"}
-    # every image is above a 1000-pixel limit: all rows reported, then a clear error
-    with pytest.raises(RuntimeError, match="every row of that split was rejected"):
-        prepare.main([*argv, "--max_pixels", "1000"])
+    # every image is above a 1000-pixel limit: all rows reported, then one error line, status 2
+    result = run([*command, "--max_pixels=1000"], ok=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "every row of that split was rejected" in last
+    assert "Traceback" not in result.stderr
     with open(out / prepare.REPORT) as f:
         assert "exceeds" in f.read()  # Pillow: "exceeds limit ... decompression bomb"
+
+
+def test_prepare_user_errors_are_one_line_with_status_2(raw_dir, tmp_path):
+    raw, _ = raw_dir
+    inputs = [f"--questions={raw / synthetic.QUESTIONS_CSV}", f"--images={raw}",
+              f"--metadata={raw / synthetic.METADATA_CSV}", f"--out={tmp_path / 'out'}"]
+    bad_header = tmp_path / "questions.csv"
+    bad_header.write_text("study_id,question\n1,what?\n")
+    for argv, message in [
+        (inputs[1:], "--questions must have a value"),
+        ([*inputs, "--question_types=difference,colour"], "unknown question types ['colour']"),
+        ([*inputs[1:], f"--questions={tmp_path / 'none.csv'}"], "none.csv does not exist"),
+        ([*inputs[1:], f"--questions={bad_header}"], "missing columns"),
+    ]:
+        result = run([sys.executable, "-m", "data_pipeline.prepare", *argv], ok=False)
+        assert result.returncode == 2, result.stderr[-3000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

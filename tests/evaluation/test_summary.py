@@ -2,7 +2,7 @@
 
 import json
 
-from real_jax.evaluation.summary import TEXT_ONLY_PRIOR, latest_evaluation, run_summary
+from real_jax.apps.summary import TEXT_ONLY_PRIOR, latest_evaluation, run_summary
 
 
 def write_metrics(directory, step, cider):

@@ -17,25 +17,25 @@ import torch
 from safetensors.numpy import load_file
 
 from configs.real import get_config
-from real_jax.export import main as export_main
+from real_jax.apps.export import export_checkpoint
 from real_jax.interop import export as ex
 from real_jax.interop.torch_model import (
     ENCODER_FILES,
     PROJECTOR_FILES,
     TorchReAl,
-    sincos_2d_positions,
 )
 from real_jax.models.generation import make_generate_fn, strip_after_eos
-from real_jax.models.projector import sincos_2d_positions as jax_sincos
 from real_jax.training.checkpointing import Checkpointer
 from real_jax.training.optimizer import make_optimizer
 from real_jax.training.state import TrainState, model_args
 from tests.interop.helpers import ANSWERS, QUESTIONS, assert_same_greedy_tokens, tiny_real
+from tests.runs import REPO
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A workdir with one checkpoint of random tiny-ReAl weights, exported through the CLI."""
+    """A workdir with one checkpoint of random tiny-ReAl weights, exported as the command does
+    (`real_jax.apps.export`; the command itself: test_readers_beside_job.py)."""
     root = tmp_path_factory.mktemp("export")
     tiny = tiny_real(root, get_config("tiny"))
     config, variables = tiny["config"], tiny["variables"]
@@ -51,8 +51,25 @@ def exported(tmp_path_factory):
     checkpointer.close()
 
     out = root / "torch_out"
-    export_main(["--workdir", str(workdir), "--out", str(out)])
-    return {**tiny, "out": out, "torch": TorchReAl.load(out)}
+    export_checkpoint(workdir, out)
+    return {**tiny, "out": out, "torch": TorchReAl.load(out), "workdir": workdir}
+
+
+def test_export_user_errors_are_one_line_with_status_2(exported, tmp_path):
+    workdir = exported["workdir"]
+    for argv, message in [
+        ([f"--out={tmp_path / 'a'}"], "--workdir must have a value"),
+        ([f"--workdir={tmp_path / 'nowhere'}", f"--out={tmp_path / 'b'}"],
+         "no checkpoints directory"),
+        ([f"--workdir={workdir}", f"--out={tmp_path / 'c'}", "--step=3"],
+         "no checkpoint for step 3"),
+    ]:
+        result = subprocess.run([sys.executable, "-m", "real_jax.export", *argv], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and message in lines[-1], lines
+        assert "Traceback" not in result.stderr
 
 
 def test_export_layout(exported):
@@ -167,8 +184,16 @@ def test_torch_model_runs_without_jax(exported, tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-def test_positions_match_jax():
-    np.testing.assert_array_equal(sincos_2d_positions(3, 5, 32), jax_sincos(3, 5, 32))
+def test_both_frameworks_take_the_shared_constants():
+    from real_jax import shared
+    from real_jax.interop import torch_model, torch_registration
+    from real_jax.models import inputs, projector, registration
+
+    assert projector.sincos_2d_positions is torch_model.sincos_2d_positions is (
+        shared.sincos_2d_positions)
+    assert inputs.IMAGENET_MEAN is torch_model.IMAGENET_MEAN is shared.IMAGENET_MEAN
+    assert inputs.IMAGENET_STD is torch_model.IMAGENET_STD is shared.IMAGENET_STD
+    assert registration.TRANSFORMS is torch_registration.TRANSFORMS is shared.TRANSFORMS
 
 
 def test_same_capacity_control_exports_its_residual_input(exported, tmp_path):

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from configs.real import get_config
+from configs.upgrade import restore_config
 from data_pipeline import synthetic_images as si
-from real_jax.experiment import restore_config
 from real_jax.interop import export as ex
 from real_jax.interop import torch_model
 from real_jax.interop import torch_registration as treg
@@ -180,7 +180,7 @@ def registered_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("registered_export")
     config = get_config("tiny")
     config.data.image_size = 96
-    config.model.register = True
+    config.model.registration.enabled = True
     ref, main, _, _ = _pairs(96, 3, seed=0, crop=96)
     tiny = tiny_real(root, config, (ref, main))
     out = ex.export_variables(tiny["variables"]["params"], tiny["variables"]["batch_stats"],
@@ -225,7 +225,7 @@ def test_unregistered_export_writes_null_and_never_registers(tmp_path, monkeypat
     tiny = tiny_real(tmp_path, config)
     params, batch_stats = tiny["variables"]["params"], tiny["variables"]["batch_stats"]
     old = config.to_dict()  # a config from before registration existed, as restored from disk
-    del old["model"]["register"], old["model"]["registration"]
+    del old["model"]["registration"]
     outs = {}
     for name, training_config in [("off", config.to_dict()),
                                   ("old", restore_config(old).to_dict())]:

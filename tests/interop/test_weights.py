@@ -25,6 +25,7 @@ from real_jax.interop.torch_model import TorchProjector, TorchResNet, build_resn
 from real_jax.models.gpt2_decoder import GPT2Decoder, make_gpt2_config
 from real_jax.models.resnet import ResNet50, ResNetTiny
 from real_jax.training.state import example_batch, model_args
+from tests.commands import call_command
 from tests.interop.helpers import numpy_state_dict, randomize_batch_norm
 
 SENTENCES = ["is there any change in the lung opacity?",
@@ -237,8 +238,8 @@ def test_torch_load_uses_weights_only(tmp_path):
 
 
 def test_training_state_is_initialised_from_the_configured_gpt2_dir(gpt2_dir):
+    from real_jax.apps.driver import init_from_pretrained
     from real_jax.distributed import sharding as shd
-    from real_jax.training.loop import init_from_pretrained
     from real_jax.training.optimizer import make_optimizer
     from real_jax.training.state import create_train_state
 
@@ -266,9 +267,9 @@ def test_pretrained_command_writes_what_the_paper_config_loads(resnet50_torch, g
     directory, gpt2 = gpt2_dir
     torch.save(resnet50_torch.state_dict(), tmp_path / "resnet50.pth")
     out = tmp_path / "weights"
-    assert pretrained_cli.main(["--out", str(out), "--resnet_source",
-                                str(tmp_path / "resnet50.pth"), "--gpt2_source",
-                                str(directory)]) == 0
+    assert call_command(pretrained_cli, f"--out={out}",
+                        f"--resnet_source={tmp_path / 'resnet50.pth'}",
+                        f"--gpt2_source={directory}") == 0
     paths = {"resnet50": out / RESNET_FILE, "gpt2_dir": out / GPT2_DIR}
     paper = get_config("paper").pretrained
     assert {k: Path(v) for k, v in paper.items()} == {
@@ -291,12 +292,12 @@ def test_pretrained_command_writes_what_the_paper_config_loads(resnet50_torch, g
 def test_pretrained_command_says_which_files_to_place_where_when_it_cannot_fetch(
         resnet50_torch, tmp_path, capsys):
     torch.save(resnet50_torch.state_dict(), tmp_path / "resnet50.pth")
-    status = pretrained_cli.main(["--out", str(tmp_path / "weights"), "--resnet_source",
-                                  str(tmp_path / "resnet50.pth"), "--gpt2_source",
-                                  str(tmp_path / "no" / "such" / "gpt2")])
+    status = call_command(pretrained_cli, f"--out={tmp_path / 'weights'}",
+                          f"--resnet_source={tmp_path / 'resnet50.pth'}",
+                          f"--gpt2_source={tmp_path / 'no' / 'such' / 'gpt2'}")
     error = capsys.readouterr().err
     assert status == 2
     assert "could not load GPT-2" in error and "model.safetensors" in error
     assert str(tmp_path / "weights" / "gpt2") in error and "--gpt2_source DIR" in error
-    assert pretrained_cli.main(["--out", str(tmp_path / "w"), "--resnet_source",
-                                str(tmp_path / "missing.pth")]) == 2
+    assert call_command(pretrained_cli, f"--out={tmp_path / 'w'}",
+                        f"--resnet_source={tmp_path / 'missing.pth'}") == 2

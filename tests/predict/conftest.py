@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs.real import get_config
-from real_jax.training import loop as train
+from real_jax.apps import driver as train
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +19,12 @@ def raw_data(tiny_data) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_workdir(tiny_data, tmp_path_factory) -> Path:
-    """`configs/real.py:tiny` trained for 2 steps with `model.register=True`."""
+    """`configs/real.py:tiny` trained for 2 steps with `model.registration.enabled=True`."""
     config = get_config("tiny")
     out = tiny_data[0]
     config.data.dir = str(out)
     config.data.synthetic_source = ""
-    config.model.register = True
+    config.model.registration.enabled = True
     config.model.registration.levels = 2
     config.model.registration.steps = 5
     # Stopped after 2 of 3 steps, with a checkpoint and without the last step's evaluation,

@@ -5,18 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
 
 from data_pipeline.image_files import ImageFileError
 from real_jax import predict
-from real_jax.evaluation.heatmap import heatmap_figure_size
-from real_jax.evaluation.predictor import (
+from real_jax.apps.predictor import (
     DEFAULT_QUESTION,
     Predictor,
     predict_pairs,
     read_pairs_csv,
 )
+from real_jax.evaluation.heatmap import heatmap_figure_size
+from tests.commands import call_command
 from tests.dicom_files import make_dicom, save_dicom
 
 
@@ -63,17 +63,9 @@ def test_dicom_gives_the_same_answer_as_the_same_pixels_as_png(predictor, study_
     assert answers == [answers[0]] * 3, dict(zip(["png", *variants], answers, strict=True))
 
 
-def run_command(*args: str) -> None:
-    """`python -m real_jax.predict ARGS`, in this process (no second JAX start-up)."""
-    argv = ["real_jax.predict", *args]
-    flags.FLAGS(argv)
-    try:
-        predict.main(argv[:1])
-    except SystemExit as exit_info:
-        if exit_info.code:  # the command's own status; 0 is success
-            raise
-    finally:
-        flags.FLAGS.unparse_flags()
+def run_command(*args: str) -> int:
+    """`python -m real_jax.predict ARGS`, in this process; returns the exit status."""
+    return call_command(predict, *args)
 
 
 def test_single_pair_command_prints_the_answer_and_writes_the_heatmap(trained_workdir,
@@ -83,8 +75,9 @@ def test_single_pair_command_prints_the_answer_and_writes_the_heatmap(trained_wo
     Image.fromarray(ref).save(tmp_path / "ref.png")
     Image.fromarray(main).save(tmp_path / "main.jpg", quality=95)
     figure = tmp_path / "figures" / "pair.png"
-    run_command(f"--workdir={trained_workdir}", f"--ref={tmp_path / 'ref.png'}",
-                f"--main={tmp_path / 'main.jpg'}", f"--heatmap={figure}", "--batch_size=2")
+    assert run_command(f"--workdir={trained_workdir}", f"--ref={tmp_path / 'ref.png'}",
+                       f"--main={tmp_path / 'main.jpg'}", f"--heatmap={figure}",
+                       "--batch_size=2") == 0
     expected = predictor.answer([predictor.prepare(tmp_path / "ref.png",
                                                    tmp_path / "main.jpg")])[0].answer
     assert capsys.readouterr().out.strip().splitlines()[-1] == expected
@@ -149,15 +142,11 @@ def test_bad_input_files_get_errors_naming_the_file(predictor, study_images, tmp
 
 @pytest.mark.parametrize("args", [["--ref=a.png"], ["--main=b.png", "--pairs=p.csv"], []])
 def test_command_needs_both_images_or_a_pairs_csv(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_command("--workdir=unused", *args)
-    assert exit_info.value.code == 2
-    assert "give either --ref and --main" in capsys.readouterr().err
+    assert run_command("--workdir=unused", *args) == 2
+    assert capsys.readouterr().err.startswith("error: give either --ref and --main")
 
 
 def test_command_reports_a_missing_workdir_without_a_traceback(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_command(f"--workdir={tmp_path / 'nothing'}", "--ref=a.png", "--main=b.png")
-    assert exit_info.value.code == 2
+    assert run_command(f"--workdir={tmp_path / 'nothing'}", "--ref=a.png", "--main=b.png") == 2
     assert capsys.readouterr().err.strip().endswith("has no checkpoints/ folder: not a "
                                                     "training workdir of real_jax.main")

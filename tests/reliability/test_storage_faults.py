@@ -16,8 +16,8 @@ import time
 
 import jax
 
+from real_jax.apps.driver import _is_collective_failure
 from real_jax.training.checkpointing import CheckpointSaveError
-from real_jax.training.loop import _is_collective_failure
 from tests.runs import REPO, STEPS, checkpoint_steps, main_command, partial_saves, run
 
 FIRST_CHECKPOINT = 4
@@ -61,7 +61,7 @@ def test_failed_checkpoint_write_stops_the_run_and_the_previous_one_resumes(prep
 def test_a_save_failed_by_a_lost_process_is_not_reported_as_storage():
     """In a multi-process job Orbax syncs the processes around each save: a process that dies
     then fails the survivors' save with a collective's error, which means "resume the job", not
-    "fix the storage" (real_jax/training/loop.py)."""
+    "fix the storage" (real_jax/apps/driver.py)."""
     lost = ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/"
                       "pair.cc:538] Read error [127.0.0.1]:3474: Connection reset by peer")
     full = OSError(28, "No space left on device")

@@ -93,7 +93,7 @@ def test_one_process_killed_then_both_resume_and_stop_together_on_one_sigterm(sc
     try:
         # Mid-step, 3 steps after the first checkpoint, which has been written by then: a kill
         # while the survivor waits in a checkpoint's barrier ends it through JAX's coordination
-        # service instead (module docstring of real_jax/training/loop.py).
+        # service instead (module docstring of real_jax/apps/driver.py).
         job.wait_for_step(CHECKPOINT_EVERY + 3)
         job.procs[0].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()

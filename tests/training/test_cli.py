@@ -1,5 +1,5 @@
-"""What the command lines share (`real_jax.cli`): the persistent compilation cache and the GPU
-compiler flags."""
+"""What the command lines share (`real_jax.cli`): the persistent compilation cache, the GPU
+compiler flags, one-line user errors, and `python -m real_jax` listing them."""
 
 import jax
 import jax.numpy as jnp
@@ -86,3 +86,43 @@ def test_benchmark_flags_that_may_ask_for_pytorch():
         assert may_need_torch(argv), argv
     for argv in ([], ["--notorch"], ["--torch=false"], ["--torch=0"], ["--torch_device=cuda"]):
         assert not may_need_torch(argv), argv
+
+
+def test_python_m_real_jax_lists_every_command_and_each_runs_through_cli():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from real_jax.__main__ import COMMANDS, summary_line
+
+    listing = subprocess.run([sys.executable, "-m", "real_jax"], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+    root = Path(cli.__file__).resolve().parents[1]
+    for module in COMMANDS:
+        assert f"python -m {module} " in listing and summary_line(module) in listing, module
+        source = (root / (module.replace(".", "/") + ".py")).read_text()
+        assert "cli.run(main" in source, f"{module} does not start through real_jax.cli.run"
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    for argv, message in [
+        (["real_jax.summary"], "--workdir must have a value"),
+        (["real_jax.summary", f"--workdir={tmp_path}", "extra"], "unexpected arguments"),
+        (["real_jax.pretrained", f"--out={tmp_path}", f"--resnet_source={tmp_path / 'r.pth'}"],
+         "r.pth does not exist"),
+        (["real_jax.main", "--config=configs/real.py:tiny", f"--workdir={tmp_path}",
+          "--config.model.register=True"], "--config.model.register: the config has no field"),
+        (["real_jax.main", "--config=configs/real.py:tiny", f"--workdir={tmp_path}",
+          f"--config.data.synthetic_source={tmp_path / 'raw'}",
+          f"--config.data.dir={tmp_path / 'prepared'}", "--config.model.variant=nope"],
+         "model.variant='nope' not in ('baseline', 'residual_input', 'real')"),
+    ]:
+        result = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
+                                timeout=300)
+        error = result.stderr[result.stderr.rfind("error: "):]
+        assert result.returncode == 2 and error, result.stderr[-3000:]
+        assert message in error and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "raw").exists()  # the bad config stopped before generating data

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import configs.real
 from configs.real import PRESETS, get_config
+from real_jax.choices import CHOICES, field
 from real_jax.config_checks import ConfigError, config_problems, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +77,26 @@ def test_bad_field_is_reported_by_name(config, field, value, message):
     node[leaf] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_config(config, device_count=8)
+
+
+@pytest.mark.parametrize("path", list(CHOICES))
+def test_every_choice_is_checked_with_its_allowed_values_in_the_message(config, path):
+    assert field(config, path) in CHOICES[path]  # the preset's value is allowed
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = "no_such_choice"
+    assert config_problems(config, device_count=8) == [
+        f"{path}='no_such_choice' not in {CHOICES[path]}"]
+
+
+def test_the_config_documentation_lists_every_choice():
+    doc = configs.real.__doc__
+    for path, allowed in CHOICES.items():
+        line = next((line for line in doc.splitlines() if line.split()[:1] == [path]), None)
+        assert line is not None, f"{path} missing from configs/real.py's docstring"
+        assert line.split()[1:] == " | ".join(allowed).split(), line
 
 
 def test_best_metric_meteor_needs_meteor_scored(config):

@@ -22,7 +22,7 @@ Stopping early, on purpose or not (README, "Reliability"):
   because its collective with the other processes failed is that same `LostProcessError`, not a
   storage error.
 - A checkpoint that cannot be written stops the run with `CheckpointSaveError`
-  (real_jax/training/checkpointing.py); the previous checkpoint stays the latest.
+  (`real_jax.training.checkpointing`); the previous checkpoint stays the latest.
 """
 
 import signal
@@ -37,10 +37,12 @@ import numpy as np
 from absl import logging
 
 from data_pipeline.pipeline import make_train_iterator
+from real_jax.apps.dataset import ensure_dataset
+from real_jax.config_checks import validate_config
 from real_jax.distributed import sharding as shd
 from real_jax.distributed.runtime import LostProcessError, wait_for_all_processes
 from real_jax.evaluation.loop import Evaluator
-from real_jax.experiment import build_experiment
+from real_jax.experiment import Experiment, build_experiment
 from real_jax.training.checkpointing import Checkpointer, CheckpointSaveError, restore_newest
 from real_jax.training.metric_writer import MetricWriter, Progress
 from real_jax.training.state import MODEL_INPUT_KEYS, TrainState
@@ -194,8 +196,16 @@ def _compiled_on_every_process(train_step: Any, state: TrainState, batch: dict[s
     return compiled
 
 
+def build_checked(config: ml_collections.ConfigDict) -> Experiment:
+    """The experiment of a run: the config checked first (a bad one fails in seconds, before
+    any data is generated), then the dataset made ready, then the factory."""
+    validate_config(config, jax.device_count(), jax.process_count())
+    ensure_dataset(config)
+    return build_experiment(config, check=False)
+
+
 def _train(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest) -> dict[str, Any]:
-    exp = build_experiment(config)
+    exp = build_checked(config)
     train = config.train
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
@@ -291,7 +301,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    exp = build_experiment(config)
+    exp = build_checked(config)
     # Read-only: the workdir may belong to a job that is training and saving right now.
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                 best_metric=config.train.best_metric, read_only=True)

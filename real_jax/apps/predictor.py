@@ -5,8 +5,8 @@ tokenizer the run saved in its workdir; `prepare` reads PNG, JPEG or DICOM files
 (`data_pipeline/image_files.py`: windowing, MONOCHROME1) and applies the evaluation
 preprocessing (both scaled to the training size, the same centred crop); `answer` decodes as
 the config's `generation` says (the model registers ref onto main itself when trained with
-`model.register`); `explain` and `save_figure` give the saliency heatmap. `predict` is the
-command line's whole job: one pair, or a csv of pairs to JSONL.
+`model.registration.enabled`); `explain` and `save_figure` give the saliency heatmap. `predict`
+is the command line's whole job: one pair, or a csv of pairs to JSONL.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from configs.upgrade import restore_config
 from data_pipeline.image_files import ImageFileError, read_image_file
 from data_pipeline.images import pair_crop
 from data_pipeline.pipeline import encode_question
+from real_jax.errors import UserError
 from real_jax.evaluation.heatmap import save_heatmap_figure
 from real_jax.evaluation.saliency import make_saliency_fn
-from real_jax.experiment import Experiment, build_experiment, restore_config, run_tokenizer
+from real_jax.experiment import Experiment, build_experiment, run_tokenizer
 from real_jax.models.generation import strip_after_eos
 from real_jax.models.registration import make_align_fn
 from real_jax.training.checkpointing import Checkpointer, restore_newest
@@ -175,8 +177,8 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         missing = {"ref", "main"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; the header must "
-                             f"have ref,main[,question][,id], got {reader.fieldnames}")
+            raise UserError(f"{path}: missing column(s) {sorted(missing)}; the header must "
+                            f"have ref,main[,question][,id], got {reader.fieldnames}")
         rows = []
         for number, row in enumerate(reader, start=2):  # line 1 is the header
             resolve = lambda p: str(p if Path(p).is_absolute() else path.parent / p)
@@ -240,12 +242,12 @@ def predict(*, workdir: str | Path, ref: str | None = None, main: str | None = N
     `pairs` (JSONL to `output`, default `answers.jsonl` beside the csv; `heatmap_dir` gets one
     figure per pair). Returns the exit status: 0, or 1 when a row of the csv failed.
 
-    Raises `ValueError` for a call that asks for neither or both modes; missing or unreadable
+    Raises `UserError` for a call that asks for neither or both modes; missing or unreadable
     files raise `FileNotFoundError` / `ImageFileError` naming the file.
     """
     single = ref is not None or main is not None
     if single == (pairs is not None) or (single and not (ref and main)):
-        raise ValueError("give either --ref and --main (one pair) or --pairs CSV")
+        raise UserError("give either --ref and --main (one pair) or --pairs CSV")
     predictor = Predictor.load(workdir, step=step, best=best, batch_size=batch_size)
     if single:
         pair = predictor.prepare(ref, main, question)
