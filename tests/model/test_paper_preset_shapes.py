@@ -33,7 +33,8 @@ def test_paper_preset_traces_init_loss_gradients_and_decoding_with_the_paper_sha
                                             for k, s in batch.items()}), train=False),
         jax.random.key(0))
     params = variables["params"]
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}  # fp32 master
+    # float32 master weights under bf16 compute
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
     count = lambda tree: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
     assert count(params["image_encoder"]) == count(params["residual_encoder"])
     # batch-norm scale and bias are parameters, their running statistics are not
