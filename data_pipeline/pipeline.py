@@ -292,6 +292,24 @@ class _HostRows(grain.MapDataset):
         return f"_HostRows(per_host={self._per_host}, shard={self._shard}/{self._count})"
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker init: the worker exits once its parent is gone. A training process that is
+    SIGKILLed (`kill -9`, the OOM killer) cannot stop its workers, which otherwise live on,
+    blocked on their output queues, holding their memory."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
 def _mark_flags_parsed() -> None:
     from absl import flags
 
@@ -344,7 +362,8 @@ def make_train_iterator(
     it_ds = ds.to_iter_dataset(read).batch(per_host, drop_remainder=True)
     if data.num_workers > 0:
         _mark_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers),
+                                  worker_init_fn=_exit_with_parent)
     it = iter(it_ds)
     it.truncations = trunc  # exact counts over the split, for the training log
     return it
@@ -377,5 +396,6 @@ def make_eval_iterator(
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:
         _mark_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                                  worker_init_fn=_exit_with_parent)
     return iter(it_ds)
