@@ -150,7 +150,9 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.prefetch_examples = 500
     config.data.jitter = True
     config.data.eval_limit = -1  # > 0: evaluate on the first N examples only
-    config.data.max_bad_images = 100  # unreadable training records/images skipped (per process)
+    # unreadable training records/images skipped, per data process (each grain worker, or the
+    # host process without workers), counted over the run: the count is checkpointed
+    config.data.max_bad_images = 100
     # When set, `data.dir` is prepared from a synthetic dataset generated into this directory if
     # either is absent (the demo); empty for real data, which `data_pipeline.prepare` prepares.
     config.data.synthetic_source = ""

@@ -16,7 +16,9 @@ Evaluation iterators go once over the split in order and pad the last batch with
 Truncated questions/answers are counted up front for the whole training split (one log line)
 and per element (`stats()`); each truncated record is logged once per iterator, however many
 epochs meet it; unreadable records and images are counted, logged with their ids and skipped up to
-a budget (`max_bad_images`, config `data.max_bad_images`, per process), past which training stops.
+a budget (`max_bad_images`, config `data.max_bad_images`), past which training stops. The count
+is part of the iterator's state, so it is checkpointed with the model and a resumed run goes on
+counting from it; each grain worker process (or the host process, without workers) keeps its own.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _STATS: collections.Counter = collections.Counter()  # per process (each grain w
 PIPELINE_MAX_PIXELS = 16_000_000
 UNREADABLE = "unreadable"  # key of the stand-in for a record that cannot be read
 MAX_TRUNCATION_LOGS = 10  # truncated records logged by name per iterator and kind
+SKIPPED = "skipped"  # key of a training example dropped as unreadable (`_SkipUnreadable`)
 
 
 def stats() -> dict[str, int]:
@@ -164,17 +167,17 @@ def count_truncations(data_dir, split, tokenizer: Tokenizer, question_max_tokens
 class PairTransform(grain.transforms.RandomMap):
     """record -> example dict (one element of the batch format above), or None to skip it.
 
-    train=True: random crop (same for both images) + per-image jitter (if `jitter`); bad images
-    are skipped (None) and counted, past `max_bad_images` a RuntimeError names them.
+    train=True: random crop (same for both images) + per-image jitter (if `jitter`); a bad image
+    gives `{SKIPPED: its record's ids}`, which `_SkipUnreadable` drops and counts against
+    `max_bad_images` (in the iterator's state, so the count survives a resume).
     train=False: center crop, no jitter; bad images and padding give valid=False examples.
     """
 
     def __init__(self, tokenizer: Tokenizer, image_size: int, question_max_tokens: int,
-                 answer_max_tokens: int, train: bool, jitter: bool = True,
-                 max_bad_images: int = 100):
+                 answer_max_tokens: int, train: bool, jitter: bool = True):
         self.tok, self.size = tokenizer, image_size
         self.lq, self.la = question_max_tokens, answer_max_tokens
-        self.train, self.jitter, self.max_bad = train, jitter, max_bad_images
+        self.train, self.jitter = train, jitter
         self.bad_ids: list[str] = []
         # (what, record index) -> times truncated by this transform: a record met again (the
         # next epoch) is counted, not logged again
@@ -250,14 +253,7 @@ class PairTransform(grain.transforms.RandomMap):
         log.warning("unreadable image in %s: %s; skipped", rid, err)
         if not self.train:
             return self._empty(int(record["index"]))
-        if len(self.bad_ids) > self.max_bad:
-            raise RuntimeError(
-                f"{len(self.bad_ids)} unreadable records/images exceed the budget "
-                f"data.max_bad_images={self.max_bad} (per process): "
-                f"{', '.join(self.bad_ids[:20])}{' ...' if len(self.bad_ids) > 20 else ''}; "
-                "re-prepare the dataset (python -m data_pipeline.prepare --force) or raise "
-                "data.max_bad_images")
-        return None
+        return {SKIPPED: rid}
 
     def _empty(self, index: int) -> dict:
         s = self.size
@@ -267,6 +263,59 @@ class PairTransform(grain.transforms.RandomMap):
                 "answer_ids": np.full(self.la, self.tok.pad_id, np.int32),
                 "answer_mask": np.zeros(self.la, np.int32), "question_type": np.int32(0),
                 "index": np.int64(index), "valid": np.bool_(False)}
+
+
+class _SkipUnreadable(grain.IterDataset):
+    """Drops the training examples `PairTransform` marked unreadable (`SKIPPED`) and counts
+    them; past `max_bad` a RuntimeError names them. The count is in the iterator's state:
+    counted where the example is consumed, not where a read-ahead thread decoded it, so the
+    saved count is exactly that of the examples before the checkpoint."""
+
+    def __init__(self, parent: grain.IterDataset, max_bad: int):
+        super().__init__(parent)
+        self._max_bad = max_bad
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _SkipUnreadableIterator(self._parent.__iter__(), self._max_bad)
+
+    def __str__(self) -> str:
+        return f"_SkipUnreadable(max_bad={self._max_bad})"
+
+
+class _SkipUnreadableIterator(grain.DatasetIterator):
+    NAMED = 20  # record ids kept for the error message
+
+    def __init__(self, parent: grain.DatasetIterator, max_bad: int):
+        super().__init__(parent)
+        self._max_bad, self._count, self._ids = max_bad, 0, []
+
+    def __next__(self) -> dict:
+        while True:
+            element = next(self._parent)
+            if SKIPPED not in element:
+                return element
+            self._count += 1
+            if len(self._ids) < self.NAMED:
+                self._ids.append(element[SKIPPED])
+            if self._count > self._max_bad:
+                raise RuntimeError(
+                    f"{self._count} unreadable records/images exceed the budget "
+                    f"data.max_bad_images={self._max_bad} (per data process, counted over the "
+                    f"run): {', '.join(self._ids)}{' ...' if self._count > len(self._ids) else ''}"
+                    "; re-prepare the dataset (python -m data_pipeline.prepare --force) or raise "
+                    "data.max_bad_images")
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "bad_images": self._count,
+                "bad_ids": list(self._ids)}
+
+    def set_state(self, state: dict) -> None:
+        if "bad_images" not in state:  # saved before the count was part of the state
+            self._parent.set_state(state)
+            self._count, self._ids = 0, []
+            return
+        self._parent.set_state(state["parent"])
+        self._count, self._ids = int(state["bad_images"]), list(state["bad_ids"])
 
 
 def _text(v) -> str:
@@ -310,6 +359,24 @@ class _HostRows(grain.MapDataset):
 
     def __str__(self) -> str:
         return f"_HostRows(per_host={self._per_host}, shard={self._shard}/{self._count})"
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker init: the worker exits once its parent is gone. A training process that is
+    SIGKILLed (`kill -9`, the OOM killer) cannot stop its workers, which otherwise live on,
+    blocked on their output queues, holding their memory."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
 def _mark_flags_parsed() -> None:
@@ -359,15 +426,17 @@ def make_train_iterator(
                     trunc["question_truncated"], question_max_tokens, trunc["answer_truncated"],
                     answer_max_tokens - 1)
     transform = PairTransform(tokenizer, data.image_size, question_max_tokens, answer_max_tokens,
-                              train=True, jitter=data.jitter, max_bad_images=data.max_bad_images)
+                              train=True, jitter=data.jitter)
     ds = grain.MapDataset.source(_Subset(src, idx)).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(transform, seed=seed * 1000)
     ds = _HostRows(ds, per_host, shard_index, shard_count)
     read = grain.ReadOptions(prefetch_buffer_size=data.prefetch_examples)
-    it_ds = ds.to_iter_dataset(read).batch(per_host, drop_remainder=True)
+    it_ds = _SkipUnreadable(ds.to_iter_dataset(read), data.max_bad_images)
+    it_ds = it_ds.batch(per_host, drop_remainder=True)
     if data.num_workers > 0:
         _mark_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers),
+                                  worker_init_fn=_exit_with_parent)
     it = iter(it_ds)
     it.truncations = trunc  # exact counts over the split, for the training log
     return it
@@ -400,5 +469,6 @@ def make_eval_iterator(
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:
         _mark_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                                  worker_init_fn=_exit_with_parent)
     return iter(it_ds)

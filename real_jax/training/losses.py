@@ -73,13 +73,15 @@ def consistency_loss(
     elif image_target != "trainable":
         raise ValueError(f"consistency image_target {image_target!r} not in "
                          f"{CONSISTENCY_IMAGE_TARGETS}")
+    # In float32 before subtracting: bf16 features (`projected_tokens` under bf16 compute)
+    # subtracted in bf16 would round the difference, the quantity L_con measures, to 8 bits.
+    f_ref, f_main, f_residual = (f.astype(jnp.float32) for f in (f_ref, f_main, f_residual))
     if sign == "paper":
         difference = f_ref - f_main - f_residual
     elif sign == "main_minus_ref":
         difference = f_main - f_ref - f_residual
     else:
         raise ValueError(f"consistency sign {sign!r} not in {CONSISTENCY_SIGNS}")
-    difference = difference.astype(jnp.float32)
     if spatial == "pooled":
         difference = jnp.mean(difference, axis=tuple(range(1, difference.ndim - 1)))  # [B, C]
     elif spatial == "spatial":

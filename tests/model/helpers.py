@@ -13,6 +13,7 @@ from real_jax.training.state import MODEL_INPUT_KEYS
 
 VOCAB_SIZE = 64
 EOS_ID = 0
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 def tiny_config(variant: str = "real") -> ml_collections.ConfigDict:
@@ -84,3 +85,13 @@ def jit_apply(model) -> Callable:
     forward's ops dispatched (and each compiled) one by one."""
     return _jit_once("apply", model, lambda variables, batch: model.apply(
         variables, *[batch[k] for k in MODEL_INPUT_KEYS], train=False))
+
+
+def ulps_apart(a, b, floor: float = 0.0) -> float:
+    """Largest |x - y| over the leaves, in ulps of each leaf's scale (max |x|, or `floor`)."""
+    worst = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if x.size:
+            scale = max(float(np.max(np.abs(x))), floor, float(np.finfo(np.float32).tiny))
+            worst = max(worst, float(np.max(np.abs(x - y))) / (FLOAT32_EPS * scale))
+    return worst

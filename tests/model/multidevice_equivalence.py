@@ -41,11 +41,17 @@ import numpy as np
 from real_jax.distributed import sharding as shd
 from real_jax.experiment import Experiment, build_experiment
 from real_jax.training.state import TrainState
-from tests.model.helpers import EOS_ID, VOCAB_SIZE, random_batch, tiny_config
+from tests.model.helpers import (
+    EOS_ID,
+    FLOAT32_EPS,
+    VOCAB_SIZE,
+    random_batch,
+    tiny_config,
+    ulps_apart,
+)
 
 SGD_STEPS = 2
 GLOBAL_BATCH = 8
-FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 def build(devices, fsdp: bool, optimizer: str) -> Experiment:
@@ -79,16 +85,6 @@ def run(experiment: Experiment, initial: TrainState, steps: int):
     sharded = jax.tree.map(lambda x: not x.sharding.is_fully_replicated, state)
     host = jax.tree.map(np.asarray, jax.device_get(state))
     return losses, grad_norms, host, sharded
-
-
-def ulps_apart(a, b, floor: float = 0.0) -> float:
-    """Largest |x - y| over the leaves, in ulps of each leaf's scale (max |x|, or `floor`)."""
-    worst = 0.0
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        if x.size:
-            scale = max(float(np.max(np.abs(x))), floor, float(np.finfo(np.float32).tiny))
-            worst = max(worst, float(np.max(np.abs(x - y))) / (FLOAT32_EPS * scale))
-    return worst
 
 
 def adam_moments(opt_state):

@@ -14,6 +14,7 @@ from configs.real import get_config
 from data_pipeline.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_gray
 from data_pipeline.pipeline import (
     PIPELINE_MAX_PIXELS,
+    SKIPPED,
     PairTransform,
     _source,
     load_records,
@@ -21,7 +22,12 @@ from data_pipeline.pipeline import (
     make_train_iterator,
 )
 from data_pipeline.tfds_builder import load_and_resize
-from tests.reliability.conftest import array_record_files, copy_dataset, replace_image
+from tests.reliability.conftest import (
+    BAD_RECORD,
+    array_record_files,
+    copy_dataset,
+    replace_image,
+)
 
 GARBAGE_JPEG = b"\xff\xd8\xff\xe0 this is no longer a jpeg" * 4
 
@@ -50,8 +56,8 @@ def test_decompression_bomb_refused_at_ingestion_and_train_time(prepared, tmp_pa
 
     tokenizer = load_tokenizer(prepared)
     record = {**_source(prepared, "train")[0], "index": 0, "main_image": bomb}
-    transform = PairTransform(tokenizer, 64, 16, 32, train=True, max_bad_images=5)
-    assert transform.random_map(record, np.random.default_rng(0)) is None
+    transform = PairTransform(tokenizer, 64, 16, 32, train=True)
+    assert list(transform.random_map(record, np.random.default_rng(0))) == [SKIPPED]
     assert len(transform.bad_ids) == 1 and "record 0" in transform.bad_ids[0]
 
 
@@ -102,3 +108,25 @@ def test_unreadable_image_and_record_are_skipped_logged_then_budget_stops(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"record 1 (study {study}" in logged and f"record {rotten} (study ?" in logged
     assert "hash mismatch" in logged
+
+
+def test_bad_image_count_is_saved_with_the_iterator_and_survives_a_resume(damaged):
+    """`damaged` has one undecodable training image: with a budget of 1 the run stops when it
+    meets it the second time (next epoch). A job resumed from the iterator state saved just
+    before that batch stops at its first batch; a count restarting at 0 would let it train on."""
+    tokenizer = load_tokenizer(damaged)
+    data = get_config("tiny").data
+    data.update(dict(dir=str(damaged), num_workers=0, max_bad_images=1))
+    start = lambda: make_train_iterator(data, tokenizer, global_batch_size=4, seed=0)
+    straight, good_batches = start(), 0
+    with pytest.raises(RuntimeError, match="2 unreadable records/images exceed the budget"):
+        while good_batches < 30:  # 29 records: the second epoch starts in batch 8
+            state = straight.get_state()
+            next(straight)
+            good_batches += 1
+    assert 7 <= good_batches < 15, good_batches  # met once in each of the first two epochs
+
+    resumed = start()
+    resumed.set_state(state)
+    with pytest.raises(RuntimeError, match=rf"2 unreadable .* record {BAD_RECORD} \(study"):
+        next(resumed)

@@ -4,7 +4,8 @@ and SIGTERM both, restarted after each kill, on a dataset with an undecodable tr
 must end bitwise equal to an uninterrupted run (train state, optimizer state, data-iterator
 position), with `metrics.jsonl` holding each step once with the same values, the same
 evaluations, and no partial file left behind. A SIGTERM saves a checkpoint at the step reached and
-exits 0. docs/reliability.md gives the long run's figures (25 kills)."""
+exits 0. Every kill must land inside its phase. docs/reliability.md gives the long run's figures
+(25 kills)."""
 
 from launch.chaos import PHASES, run_chaos
 from tests.reliability.conftest import BAD_RECORD
@@ -21,6 +22,10 @@ def test_four_kills_in_every_phase_resume_to_the_uninterrupted_run(damaged, tmp_
     assert [k["phase"] for k in kills][-1] == "final_save" and len(kills) == 4
     assert {k["phase"] for k in kills} == set(PHASES)
     assert {k["signal"] for k in kills} == {"SIGKILL", "SIGTERM"}
+    # Each signal went out while its run was in the planned phase (`Kill.hit`), not merely
+    # once the phase had been reached: a kill after the phase ended tests another phase.
+    assert [k["phase"] for k in kills if not k["hit"]] == [], kills
+    assert report["phase_hits"] == len(kills)
     for kill in kills:
         if kill["signal"] == "SIGKILL":
             assert kill["exit_status"] == -9, kill
