@@ -44,6 +44,7 @@ are deleted after a successful run unless --keep.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -170,7 +171,8 @@ class Rehearsal:
 
     def data(self) -> bool:
         raw, prepared = self.out / "data" / "raw", self.out / "data" / "prepared"
-        if not (raw / "mimic_pair_questions.csv").is_file():
+        reused = (raw / "mimic_pair_questions.csv").is_file()  # from an earlier run into OUT
+        if not reused:
             generated = self.stage("synthetic", [
                 PY, "-m", "data_pipeline.synthetic", f"--out={raw}",
                 f"--subjects={self.opts.subjects}", f"--image_size={self.opts.image_width}"])
@@ -185,8 +187,9 @@ class Rehearsal:
         if not self.ran(prepare):
             return False
         ingested = json.loads((prepared / "prepare.json").read_text())["ingested"]
-        self.report["data"] = {"ingested": ingested}
-        enough = ingested["train"] >= self.opts.batch and ingested["val"] >= self.opts.eval_limit
+        self.report["data"] = {"ingested": ingested, "source_reused": reused}
+        enough = (ingested["train"] >= self.opts.batch and ingested["val"] >= self.opts.eval_limit
+                  and ingested["test"] >= 1)
         return self.check("data: enough examples for one batch and the evaluation", enough,
                           f"{ingested}: raise --subjects (and delete {raw})")
 
@@ -238,14 +241,14 @@ class Rehearsal:
         return True
 
     def evaluate(self) -> None:
-        mode, directory = ("evaluate", "eval_val") if self.scoring else ("predict", "eval_val")
+        mode = "evaluate" if self.scoring else "predict"
         stage = self.stage(mode if self.scoring else "evaluate_unscored", [
             *self.train_command(self.out / "resumed"), f"--mode={mode}", "--split=val",
             "--config.generation.method=beam"])
         if not self.ran(stage):
             return
         expected = min(self.opts.eval_limit, self.report["data"]["ingested"]["val"])
-        result = evaluation_summary(self.out / "resumed" / directory / f"step_{self.opts.steps}",
+        result = evaluation_summary(self.out / "resumed" / "eval_val" / f"step_{self.opts.steps}",
                                     expected, self.scoring)
         self.report["evaluation"] = result
         self.check("evaluate: each selected example answered once, scores finite", result["ok"],
@@ -287,16 +290,23 @@ class Rehearsal:
 
 
 def train_figures(log: Path) -> dict[str, Any]:
-    """From a training log: the train step's compile (or cache load) seconds and the seconds
-    of each logged step (the interval between two progress lines, one per step here; the first
-    logged step's interval also holds the compilation, so it is left out)."""
-    text = log.read_text(errors="replace")
-    compiled = re.findall(r"train step compiled \(or loaded from the cache\) in ([\d.]+) s", text)
-    rates = [float(r) for r in re.findall(r"\] step \d+/\d+ ([\d.]+) steps/s", text)][1:]
-    step_s = sorted(1 / r for r in rates if r > 0)
-    return {"compile_s": float(compiled[0]) if compiled else None,
-            "step_s": [round(s, 3) for s in step_s],
-            "step_s_median": round(step_s[len(step_s) // 2], 3) if step_s else None}
+    """From a training log: the train step's compile (or cache load) seconds, as logged, and
+    each step's seconds between consecutive progress lines (one per step here; the first step's
+    from the compile line), by the lines' timestamps."""
+    stamp = r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) "
+    times, compile_s = [], None
+    for line in log.read_text(errors="replace").splitlines():
+        compiled = re.search(stamp + r".*train step compiled \(or loaded from the cache\) in "
+                             r"([\d.]+) s", line)
+        step = re.search(stamp + r".*\] step \d+/\d+ ", line)
+        if compiled and compile_s is None:
+            compile_s = float(compiled.group(4))
+        if (compiled and not times) or step:
+            h, m, sec = (compiled or step).groups()[:3]
+            times.append(3600 * int(h) + 60 * int(m) + float(sec))
+    step_s = [round((b - a) % 86400, 2) for a, b in itertools.pairwise(times)]  # midnight
+    return {"compile_s": compile_s, "step_s": step_s,
+            "step_s_median": sorted(step_s)[len(step_s) // 2] if step_s else None}
 
 
 def losses(workdir: Path) -> dict[int, float]:

@@ -130,11 +130,11 @@ def test_rehearsal_stops_at_a_failed_check_with_exit_status_1(tmp_path, capsys):
 def test_train_figures_from_a_training_log(tmp_path):
     log = tmp_path / "train.log"
     log.write_text(
-        "I1202 19:13:16.7 1 loop.py:233] training steps 0..3 of 3 on 1 devices\n"
-        "I1202 19:14:16.7 1 loop.py:191] train step compiled (or loaded from the cache) in "
+        "I1202 23:57:16.500000 1 loop.py:233] training steps 0..3 of 3 on 1 devices\n"
+        "I1202 23:58:51.000000 1 loop.py:191] train step compiled (or loaded from the cache) in "
         "94.5 s\n"
-        "I1202 19:14:36.7 1 metric_writer.py:132] step 1/3 0.01 steps/s ETA 1 min loss=6\n"
-        "I1202 19:14:56.7 1 metric_writer.py:132] step 2/3 0.05 steps/s ETA 1 min loss=6\n"
-        "I1202 19:15:06.7 1 metric_writer.py:132] step 3/3 0.10 steps/s ETA 0 min loss=6\n")
+        "I1202 23:59:11.250000 1 metric_writer.py:132] step 1/3 0.05 steps/s ETA 1 min loss=6\n"
+        "I1202 23:59:41.250000 1 metric_writer.py:132] step 2/3 0.03 steps/s ETA 1 min loss=6\n"
+        "I1203 00:00:06.250000 1 metric_writer.py:132] step 3/3 0.04 steps/s ETA 0 min loss=6\n")
     figures = train_figures(log)
-    assert figures == {"compile_s": 94.5, "step_s": [10.0, 20.0], "step_s_median": 20.0}
+    assert figures == {"compile_s": 94.5, "step_s": [20.25, 30.0, 25.0], "step_s_median": 25.0}
