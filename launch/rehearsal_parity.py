@@ -50,15 +50,17 @@ def jax_answers(workdir: Path, split: str, step: int) -> dict[int, str]:
 
 def torch_answers(export: Path, workdir: Path, split: str) -> tuple[dict[int, str], int]:
     """The exported model's greedy answers to `split`'s evaluation examples, and its step."""
+    import ml_collections
     import torch
 
     from data_pipeline.pipeline import make_eval_iterator
-    from real_jax.experiment import restore_config, run_tokenizer
+    from real_jax.experiment import run_tokenizer
     from real_jax.interop.torch_model import TorchReAl
     from real_jax.models.generation import strip_after_eos
 
     summary = json.loads((export / "config.json").read_text())
-    config = restore_config(summary["training_config"])
+    # the complete config the run trained with, as the export saved it
+    config = ml_collections.ConfigDict(summary["training_config"])
     tokenizer = run_tokenizer(workdir, config)
     model = TorchReAl.load(export)
     answers = {}
