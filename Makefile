@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test rehearsal demo lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ JOBS ?= $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || ec
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n $(JOBS) --dist loadscope --no-loadscope-reorder tests
+
+# The paper configuration through the commands users run, at batch 2 for 4 steps on synthetic
+# studies (launch/rehearsal.py): kill + resume bitwise, beam evaluation, predict, export parity.
+rehearsal: $(STAMP)
+	$(PY) launch/rehearsal.py --out runs/rehearsal
 
 # Train and validate, score the test split, then print how it went and what to run next.
 demo: $(STAMP)

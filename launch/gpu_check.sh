@@ -104,4 +104,26 @@ if (out / "torch.json").exists():
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(json.dumps(summary, indent=1))
 EOF
-exit $(( bench_status || tests_status ))
+
+# ---- rehearsal: the paper configuration through the commands users run (launch/rehearsal.py),
+# here at batch 32 for 30 steps, fed by the real pipeline (synthetic studies, 8 grain workers):
+# kill + resume bitwise, beam evaluation, predict, export parity. It gets what is left of the
+# script's budget (GPU_CHECK_BUDGET_S, 780 s); a run cut short leaves the stages it finished in
+# OUT/rehearsal.json. Its data, compilation cache and logs go to GPU_CHECK_REHEARSAL_DIR. Not run
+# for the tiny preset: the suite tests the rehearsal's logic itself
+# (tests/reliability/test_rehearsal.py), and a tiny rehearsal would add minutes to the suite.
+rehearsal_status=0
+if [ "${PRESET}" = "paper" ] && [ "${GPU_CHECK_REHEARSAL:-1}" = 1 ]; then
+  left=$(( ${GPU_CHECK_BUDGET_S:-780} - ($(date +%s) - start) ))
+  if [ "${left}" -ge 120 ]; then
+    echo "== rehearsal (paper config, batch 32, ${left} s left)"
+    scratch="${GPU_CHECK_REHEARSAL_DIR:-/tmp/real_jax_rehearsal}"
+    timeout "${left}" "${PY}" launch/rehearsal.py --out "${scratch}" --batch 32 --steps 30 \
+      --checkpoint_every 15 --subjects 20 > "${OUT}/rehearsal.txt" 2>&1 || rehearsal_status=$?
+    cp "${scratch}/rehearsal.json" "${OUT}/rehearsal.json" 2>/dev/null || true
+    tail -25 "${OUT}/rehearsal.txt"
+  else
+    echo "== rehearsal skipped: ${left} s left of the ${GPU_CHECK_BUDGET_S:-780} s budget"
+  fi
+fi
+exit $(( bench_status || tests_status || rehearsal_status ))
