@@ -229,3 +229,50 @@ def parts_table(jax_times: dict[str, float], torch_times: dict[str, float] | Non
         ratio = f"{t / j:.2f}x" if j and t else "n/a"
         lines.append(f"| {part} | {fmt(j)} | {fmt(t)} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def optimizer_layouts(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int,
+                      warmup: int) -> dict[str, float]:
+    """Seconds per clip + AdamW update of the config's parameters, as the train step stores them
+    (one array per parameter, `tree`) and over two flat buffers (`flat`: decayed kernels and
+    undecayed biases / norm parameters, each one float32 vector), back to back in one process.
+
+    The flat figure is a lower bound on what flat buffers could give the step: it leaves out
+    flattening the gradients (or a backward pass that writes them into one buffer)."""
+    from jax.flatten_util import ravel_pytree
+
+    from real_jax.training.optimizer import make_optimizer, weight_decay_mask
+
+    experiment = build_experiment(config, vocab_size=vocab_size, total_steps=1000, check=False,
+                                  devices=jax.devices()[:1])
+    abstract, _ = experiment.abstract_state()
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract.params)
+    mask = weight_decay_mask(params)
+    split = {"decay": jax.tree.map(lambda p, m: p if m else None, params, mask),
+             "nodecay": jax.tree.map(lambda p, m: None if m else p, params, mask)}
+    flat = {k: ravel_pytree(v)[0] for k, v in split.items()}
+    del split
+    optim = config.optim
+    _, schedule = make_optimizer(optim, total_steps=1000)  # the training step's schedule
+    flat_tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), optax.adamw(
+        schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
+        mask={"decay": True, "nodecay": False}))
+    times = {}
+    for name, tx, p in (("tree", experiment.tx, params), ("flat", flat_tx, flat)):
+        def apply(p, s, g, tx=tx):
+            updates, s = tx.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        update = jax.jit(apply, donate_argnums=(0, 1))
+        grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), p)
+        holder = {"params": p, "opt": tx.init(p)}
+
+        def one_update(update=update, grads=grads, holder=holder) -> None:
+            holder["params"], holder["opt"] = update(holder["params"], holder["opt"], grads)
+            jax.block_until_ready(holder["params"])
+
+        times[name] = _timed(one_update, steps, warmup)
+        del holder, grads
+    times["parameters"] = float(sum(x.size for x in jax.tree.leaves(flat)))
+    times["arrays_tree"] = float(len(jax.tree.leaves(params)))
+    return times
