@@ -14,8 +14,8 @@ each with its FLOPs and bytes per step and a roofline note against this machine'
 
 Writes to `--out`: the trace (`plugins/profile/...`, open in Perfetto or TensorBoard), the compiled
 step's HLO (`step.hlo.txt`), `profile.json` (the table's figures, machine, config, command) and
-`profile.md` (the table), and prints the table. `--notable_only` skips the peak and bandwidth
-measurements (no roofline notes).
+`profile.md` (the table), and prints the table. `--noroofline` skips the peak and bandwidth
+measurements (no roofline notes); `--retable --out=DIR` remakes the table from DIR's files.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Traced train steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untraced steps after compilation.")
 _VOCAB = flags.DEFINE_integer("vocab_size", GPT2_VOCAB_SIZE, "Decoder vocabulary size.")
 _OUT = flags.DEFINE_string("out", "runs/profile/step", "Folder for the trace and the table.")
+_RETABLE = flags.DEFINE_bool(
+    "retable", False, "Only remake the table from `--out`'s trace, HLO and profile.json (the "
+    "measured peak and bandwidth kept): nothing is compiled or run.")
 _ROOFLINE = flags.DEFINE_bool("roofline", True, "Measure the matmul peak and the memory "
                               "bandwidth for the roofline notes.")
 
@@ -104,12 +107,32 @@ def profile_step(config, *, vocab_size: int, steps: int, warmup: int, out: Path,
     return summary
 
 
+def retable(out: Path) -> dict:
+    """`profile.summarize` again from a finished run's files in `out`."""
+    old = json.loads((out / "profile.json").read_text())
+    module = profile.parse_hlo((out / "step.hlo.txt").read_text())
+    events = profile.trace_events(profile.load_trace(out), module=module.name)
+    summary = profile.summarize(events, module, steps=old["steps"],
+                                peak_flops_per_s=old["peak_flops_per_s"],
+                                bandwidth_bytes_per_s=old["bandwidth_bytes_per_s"])
+    return old | summary
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    out = Path(_OUT.value)
+    if _RETABLE.value:
+        summary = retable(out)
+        table = profile.markdown_table(summary)
+        (out / "profile.json").write_text(json.dumps(summary, indent=1))
+        (out / "profile.md").write_text(table + "\n")
+        print(table)
+        return
     set_gpu_xla_flags()
     config = _CONFIG.value
-    out = Path(_OUT.value)
+    if config is None:
+        raise app.UsageError("--config is required (unless --retable)")
     summary = profile_step(config, vocab_size=_VOCAB.value, steps=_STEPS.value,
                            warmup=_WARMUP.value, out=out, roofline=_ROOFLINE.value)
     summary.update({"machine": machine(), "config": config_summary(config, _VOCAB.value),
@@ -122,5 +145,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -68,6 +68,8 @@ _OTHER = {"all-reduce", "all-reduce-start", "all-reduce-done", "all-gather", "re
           "rng-bit-generator", "rng-get-and-update-state", "send", "recv", "infeed", "outfeed",
           "after-all", "partition-id", "replica-id", "sort", "tuple", "get-tuple-element",
           "parameter", "constant"}
+_CONTROL = {"while", "conditional", "call", "tuple", "get-tuple-element", "parameter",
+            "constant", "bitcast", "after-all"}
 _OPTIMIZER_SOURCES = re.compile(r"/optax/(?!losses/)|real_jax/training/optimizer\.py")
 _ENCODER_CONV = re.compile(r"_encoder/.*(conv|downsample|shortcut)", re.IGNORECASE)
 
@@ -236,7 +238,10 @@ def op_flops(op: HloOp, module: HloModule) -> float:
 
 
 def op_bytes(op: HloOp, module: HloModule) -> int:
-    """Operands plus result bytes of one execution of a top-level instruction."""
+    """Operands plus result bytes of one execution of a top-level instruction (none for control
+    flow and tuples, which move no data themselves)."""
+    if op.opcode in _CONTROL:
+        return 0
     return array_bytes(op.shape) + sum(array_bytes(module.ops[o].shape)
                                        for o in op.operands if o in module.ops)
 
@@ -414,11 +419,14 @@ def roofline_note(seconds: float, flops: float, nbytes: float, peak_flops_per_s:
         return ""
     intensity = flops / nbytes
     balance = peak_flops_per_s / bandwidth_bytes_per_s
+    achieved = (f"{flops / seconds / 1e9:.1f} GFLOP/s, {nbytes / seconds / 1e9:.1f} GB/s")
     if intensity >= balance:
-        return (f"compute-bound ({intensity:.0f} FLOP/B >= {balance:.0f}): "
-                f"{100 * flops / seconds / peak_flops_per_s:.0f} % of peak FLOP/s")
-    return (f"memory-bound ({intensity:.1f} FLOP/B < {balance:.0f}): "
-            f"{100 * nbytes / seconds / bandwidth_bytes_per_s:.0f} % of bandwidth")
+        return (f"compute roof ({intensity:.0f} FLOP/B >= {balance:.0f}): {achieved}, "
+                f"{100 * flops / seconds / peak_flops_per_s:.0f} % of the matmul peak")
+    fraction = nbytes / seconds / bandwidth_bytes_per_s
+    where = ("above the streamed bandwidth: cache-resident" if fraction > 1
+             else f"{100 * fraction:.0f} % of the streamed bandwidth")
+    return f"memory roof ({intensity:.1f} FLOP/B < {balance:.0f}): {achieved}, {where}"
 
 
 def summarize(events: list[Event], module: HloModule, *, steps: int,
