@@ -325,8 +325,9 @@ def trace_events(trace: Mapping[str, Any], module: str | None = None) -> list[Ev
                 continue
         elif "hlo_op" not in args:
             continue
-        if module and args.get("hlo_module") not in (None, module):
-            continue
+        named = args.get("hlo_module")
+        if module and named is not None and not str(named).startswith(module):
+            continue  # another program's op (a profiler may append an id to the name)
         events.append(Event((e["pid"], e["tid"]), float(e["ts"]), float(e["ts"]) + float(e["dur"]),
                             args.get("hlo_op"), e.get("name", "")))
     return events
