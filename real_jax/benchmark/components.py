@@ -237,8 +237,8 @@ def optimizer_layouts(config: ml_collections.ConfigDict, *, vocab_size: int, ste
     (one array per parameter, `tree`) and over two flat buffers (`flat`: decayed kernels and
     undecayed biases / norm parameters, each one float32 vector), back to back in one process.
 
-    The flat figure is a lower bound on what flat buffers could give the step: it leaves out
-    flattening the gradients (or a backward pass that writes them into one buffer)."""
+    `flat` leaves out flattening the gradients (as a backward pass that wrote them into one
+    buffer would); `flat_from_tree` flattens them inside the update, the upper bound."""
     from jax.flatten_util import ravel_pytree
 
     from real_jax.training.optimizer import make_optimizer, weight_decay_mask
@@ -257,14 +257,23 @@ def optimizer_layouts(config: ml_collections.ConfigDict, *, vocab_size: int, ste
     flat_tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), optax.adamw(
         schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
         mask={"decay": True, "nodecay": False}))
+    # `flat_from_tree`: the flat update fed the gradients as the backward pass makes them, one
+    # array per parameter, flattened inside the step (the copy a flat layout would add).
+    tree_grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
+    ravel = lambda g: {k: ravel_pytree(jax.tree.map(
+        lambda x, m, keep=(k == "decay"): x if m == keep else None, g, mask))[0] for k in flat}
     times = {}
-    for name, tx, p in (("tree", experiment.tx, params), ("flat", flat_tx, flat)):
-        def apply(p, s, g, tx=tx):
+    for name, tx, p, to_flat in (("flat", flat_tx, flat, None),
+                                 ("flat_from_tree", flat_tx, flat, ravel),
+                                 ("tree", experiment.tx, params, None)):
+        def apply(p, s, g, tx=tx, to_flat=to_flat):
+            g = to_flat(g) if to_flat else g
             updates, s = tx.update(g, s, p)
             return optax.apply_updates(p, updates), s
 
         update = jax.jit(apply, donate_argnums=(0, 1))
-        grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), p)
+        p = jax.tree.map(jnp.copy, p)  # each variant donates its own copy
+        grads = tree_grads if to_flat else jax.tree.map(lambda x: jnp.full_like(x, 1e-3), p)
         holder = {"params": p, "opt": tx.init(p)}
 
         def one_update(update=update, grads=grads, holder=holder) -> None:
