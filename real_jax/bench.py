@@ -19,7 +19,9 @@ in training), with synthetic random batches (no dataset needed):
 - with `--torch`: the same for the PyTorch `TorchReAl` of `real_jax.interop` (built from the
   config with random weights, same batch, as many threads as XLA uses), a train step written the
   same way (generation loss + consistency loss, AdamW, clipping) and its greedy decoding, and the
-  JAX / PyTorch ratios; on this host's CPU, or with `--torch_device=cuda` on the GPU (bfloat16
+  JAX / PyTorch ratios (`--torch_compile`: also under `torch.compile`, inductor, with
+  channels-last unless `--notorch_channels_last`, compile s and step s beside eager, one table of
+  all three); on this host's CPU, or with `--torch_device=cuda` on the GPU (bfloat16
   autocast where `model.dtype` is bfloat16); `--nojax --torch` times PyTorch alone (on one GPU
   run each framework in its own process: JAX keeps most of the device memory once it has run);
 - with `--components`: each part of the step (encoders, projectors, GPT-2, optimizer) timed
@@ -63,6 +65,12 @@ _JAX = flags.DEFINE_bool("jax", True, "Time the JAX step (--nojax --torch: PyTor
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch TorchReAl.")
 _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"],
                                   "Where --torch runs (cuda: bfloat16 autocast as model.dtype).")
+_TORCH_COMPILE = flags.DEFINE_bool(
+    "torch_compile", False, "With --torch: also time the PyTorch step under torch.compile "
+    "(inductor), beside eager (compile s and step s each).")
+_TORCH_CHANNELS_LAST = flags.DEFINE_bool(
+    "torch_channels_last", True, "With --torch_compile: channels-last convolution weights and "
+    "activations for the compiled step.")
 _COMPONENTS = flags.DEFINE_bool(
     "components", False, "Also time each part of the step alone (real_jax.benchmark.components), "
     "in both frameworks with --torch.")
@@ -77,6 +85,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _COMPONENTS.value and not _JAX.value:
         raise app.UsageError("--components times each part beside the JAX step: drop --nojax")
+    if _TORCH_COMPILE.value and not _TORCH.value:
+        raise app.UsageError("--torch_compile times PyTorch: add --torch")
     if not _JAX.value:
         # JAX would take 75 % of the GPU at its first device query (the machine summary),
         # leaving PyTorch the rest; a user's own setting wins.
@@ -94,7 +104,9 @@ def main(argv: list[str]) -> None:
         return
     result = run(config, vocab_size=_VOCAB.value, steps=_STEPS.value, warmup=_WARMUP.value,
                  decode=_DECODE.value, jax_side=_JAX.value, torch=_TORCH.value,
-                 torch_device=_TORCH_DEVICE.value, components=_COMPONENTS.value)
+                 torch_device=_TORCH_DEVICE.value, components=_COMPONENTS.value,
+                 torch_compile=_TORCH_COMPILE.value,
+                 torch_channels_last=_TORCH_CHANNELS_LAST.value)
     if jax.process_index() != 0:
         return
     result["command"] = " ".join(["python -m real_jax.bench", *sys.argv[1:]])
@@ -102,6 +114,8 @@ def main(argv: list[str]) -> None:
     if "jax" in result:
         print(MARKDOWN_HEADER)
         print(markdown_row(result))
+    if "side_by_side" in result:
+        print(result["side_by_side"])
     if "parts_table" in result:
         print(result["parts_table"])
     if _JSON.value:

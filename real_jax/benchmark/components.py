@@ -229,3 +229,59 @@ def parts_table(jax_times: dict[str, float], torch_times: dict[str, float] | Non
         ratio = f"{t / j:.2f}x" if j and t else "n/a"
         lines.append(f"| {part} | {fmt(j)} | {fmt(t)} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def optimizer_layouts(config: ml_collections.ConfigDict, *, vocab_size: int, steps: int,
+                      warmup: int) -> dict[str, float]:
+    """Seconds per clip + AdamW update of the config's parameters, as the train step stores them
+    (one array per parameter, `tree`) and over two flat buffers (`flat`: decayed kernels and
+    undecayed biases / norm parameters, each one float32 vector), back to back in one process.
+
+    `flat` leaves out flattening the gradients (as a backward pass that wrote them into one
+    buffer would); `flat_from_tree` flattens them inside the update, the upper bound."""
+    from jax.flatten_util import ravel_pytree
+
+    from real_jax.training.optimizer import make_optimizer, weight_decay_mask
+
+    experiment = build_experiment(config, vocab_size=vocab_size, total_steps=1000, check=False,
+                                  devices=jax.devices()[:1])
+    abstract, _ = experiment.abstract_state()
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract.params)
+    mask = weight_decay_mask(params)
+    split = {"decay": jax.tree.map(lambda p, m: p if m else None, params, mask),
+             "nodecay": jax.tree.map(lambda p, m: None if m else p, params, mask)}
+    flat = {k: ravel_pytree(v)[0] for k, v in split.items()}
+    del split
+    optim = config.optim
+    _, schedule = make_optimizer(optim, total_steps=1000)  # the training step's schedule
+    flat_tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), optax.adamw(
+        schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
+        mask={"decay": True, "nodecay": False}))
+    # `flat_from_tree`: the flat update fed the gradients as the backward pass makes them, one
+    # array per parameter, flattened inside the step (the copy a flat layout would add).
+    tree_grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
+    ravel = lambda g: {k: ravel_pytree(jax.tree.map(
+        lambda x, m, keep=(k == "decay"): x if m == keep else None, g, mask))[0] for k in flat}
+    times = {}
+    for name, tx, p, to_flat in (("flat", flat_tx, flat, None),
+                                 ("flat_from_tree", flat_tx, flat, ravel),
+                                 ("tree", experiment.tx, params, None)):
+        def apply(p, s, g, tx=tx, to_flat=to_flat):
+            g = to_flat(g) if to_flat else g
+            updates, s = tx.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        update = jax.jit(apply, donate_argnums=(0, 1))
+        p = jax.tree.map(jnp.copy, p)  # each variant donates its own copy
+        grads = tree_grads if to_flat else jax.tree.map(lambda x: jnp.full_like(x, 1e-3), p)
+        holder = {"params": p, "opt": tx.init(p)}
+
+        def one_update(update=update, grads=grads, holder=holder) -> None:
+            holder["params"], holder["opt"] = update(holder["params"], holder["opt"], grads)
+            jax.block_until_ready(holder["params"])
+
+        times[name] = _timed(one_update, steps, warmup)
+        del holder, grads
+    times["parameters"] = float(sum(x.size for x in jax.tree.leaves(flat)))
+    times["arrays_tree"] = float(len(jax.tree.leaves(params)))
+    return times

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import platform
+import sys
 from datetime import date
 from typing import Any
 
@@ -23,7 +27,9 @@ def machine() -> dict[str, Any]:
             "device_count": len(devices), "process_count": jax.process_count(),
             "cpu_count": os.cpu_count(), "host": platform.node(),
             "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__, "date": date.today().isoformat()}
+            "jax": jax.__version__, "date": date.today().isoformat(),
+            # 1, 5 and 15 min run-queue averages at the start: a loaded host slows both sides
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def config_summary(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
@@ -34,12 +40,27 @@ def config_summary(config: ml_collections.ConfigDict, vocab_size: int) -> dict[s
             "variant": config.model.variant}
 
 
+def release_memory() -> None:
+    """Frees what the side just timed left behind (its model, state, compiled program) and hands
+    the freed heap back to the OS, so that the next side's peak does not stack on it: the paper
+    model's JAX side, eager PyTorch and inductor's compilation each take several GB."""
+    gc.collect()
+    jax.clear_caches()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):  # not glibc
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
         steps: int = 10, warmup: int = 2, decode: bool = True, jax_side: bool = True,
-        torch: bool = False, torch_device: str = "cpu",
-        components: bool = False) -> dict[str, Any]:
+        torch: bool = False, torch_device: str = "cpu", components: bool = False,
+        torch_compile: bool = False, torch_channels_last: bool = True) -> dict[str, Any]:
     """The whole benchmark; returns `{"machine", "config", ["jax"], ["torch"],
-    ["jax_over_torch"], ["parts", "parts_table"]}` (`parts`: `real_jax.benchmark.components`).
+    ["torch_compiled"], ["jax_over_torch"], ["jax_over_torch_compiled"], ["side_by_side"],
+    ["parts", "parts_table"]}` (`parts`: `real_jax.benchmark.components`).
+
+    `torch_compile=True` (with `torch=True`) also times the PyTorch step under `torch.compile`
+    (inductor), channels-last when `torch_channels_last`, after the eager one, without decoding.
 
     `jax_side=False, torch=True` times PyTorch alone: on a GPU each framework is timed in a
     process of its own, since JAX holds most of the device's memory once it has run."""
@@ -47,6 +68,7 @@ def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
     if jax_side:
         result["jax"] = bench_jax(config, vocab_size=vocab_size, steps=steps, warmup=warmup,
                                   decode=decode)
+    release_memory()
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
     if torch:
@@ -60,6 +82,17 @@ def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
             ratio["decode_greedy_tokens_per_s"] = (result["jax"]["decode_greedy_tokens_per_s"]
                                                    / result["torch"]["decode_greedy_tokens_per_s"])
         result["jax_over_torch"] = ratio
+    if torch and torch_compile:
+        release_memory()
+        result["torch_compiled"] = bench_torch(
+            config, vocab_size=vocab_size, steps=steps, warmup=warmup, threads=threads,
+            decode=False, device=torch_device, compile=True, channels_last=torch_channels_last)
+        if jax_side:
+            result["jax_over_torch_compiled"] = {
+                "train_samples_per_s": result["jax"]["samples_per_s"]
+                / result["torch_compiled"]["samples_per_s"]}
+    if torch:
+        result["side_by_side"] = side_by_side_table(result)
     if components and jax_side:
         parts = {"jax": jax_parts(config, vocab_size=vocab_size, steps=steps, warmup=warmup)}
         if torch:
@@ -71,6 +104,29 @@ def run(config: ml_collections.ConfigDict, *, vocab_size: int = GPT2_VOCAB_SIZE,
         result["parts"] = parts
         result["parts_table"] = parts_table(parts["jax"], parts.get("torch"), whole)
     return result
+
+
+def side_by_side_table(result: dict[str, Any]) -> str:
+    """Markdown: compile s, first step s, median step s, samples/s and JAX's speed over each,
+    for JAX, PyTorch eager and PyTorch compiled (those present in `result`)."""
+    rows = ["| framework | compile s | first step s | step s | samples/s | JAX / this |",
+            "|---|---|---|---|---|---|"]
+    jax_rate = result.get("jax", {}).get("samples_per_s")
+    for key, name in (("jax", "JAX (jit)"), ("torch", "PyTorch eager"),
+                      ("torch_compiled", "PyTorch torch.compile (inductor)")):
+        side = result.get(key)
+        if side is None:
+            continue
+        if key == "torch_compiled" and side.get("channels_last"):
+            name += " + channels-last"
+        elif key == "torch" and side.get("channels_last"):
+            name += " (channels-last)"
+        ratio = None if jax_rate is None else jax_rate / side["samples_per_s"]
+        rows.append(f"| {name} | {_fmt(side.get('compile_s'))} | "
+                    f"{_fmt(side.get('first_step_s'), digits=2)} | "
+                    f"{_fmt(side['step_s'], digits=3)} | {_fmt(side['samples_per_s'], digits=3)} "
+                    f"| {_fmt(ratio, digits=2)} |")
+    return "\n".join(rows)
 
 
 def _fmt(value: float | None, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:

@@ -13,6 +13,7 @@ from configs.real import get_config
 from real_jax.benchmark import report as bench
 from real_jax.benchmark.components import PARTS
 from real_jax.benchmark.jax_side import flops_only
+from real_jax.benchmark.torch_side import bench_torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,24 @@ def test_bench_times_pytorch_alone_without_the_jax_side():
                        jax_side=False, torch=True)
     assert "jax" not in result and "jax_over_torch" not in result
     assert result["torch"]["samples_per_s"] > 0
+
+
+def test_torch_channels_last_step_and_the_side_by_side_table():
+    """The channels-last PyTorch step (the layout `--torch_compile` uses) runs and trains the
+    same model; the side-by-side table lists each framework present. (`torch.compile` itself is
+    not run here: inductor compiles even the tiny model for minutes on CPU.)"""
+    result = bench.run(get_config("tiny"), vocab_size=VOCAB_SIZE, steps=1, warmup=1,
+                       decode=False, jax_side=False, torch=True)
+    last = bench_torch(get_config("tiny"), vocab_size=VOCAB_SIZE, steps=1, warmup=1, threads=1,
+                       decode=False, channels_last=True)
+    assert last["channels_last"] and not last["compiled"] and last["compile_s"] is None
+    assert last["first_step_s"] > 0 and last["samples_per_s"] > 0
+    result["torch_compiled"] = dict(last, compiled=True, compile_s=1.5)
+    result["jax"] = {"samples_per_s": 2 * result["torch"]["samples_per_s"], "step_s": 0.5}
+    table = bench.side_by_side_table(result).splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == [
+        "JAX (jit)", "PyTorch eager", "PyTorch torch.compile (inductor) + channels-last"]
+    assert table[3].endswith("| 2.00 |") and "| 1.5 |" in table[4]
 
 
 def test_scaling_script_on_one_and_two_cpu_devices(scratch):
