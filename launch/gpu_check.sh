@@ -69,7 +69,7 @@ then
   tail -3 "${OUT}/torch.txt"
 fi
 
-# --- issue 29: where the step's time goes, and against the best PyTorch ---------------------
+# --- where the step's time goes, and against the best PyTorch ------------------------------
 # (paper preset only by default, ~6 of the 13 minutes; GPU_CHECK_PROFILE / GPU_CHECK_TORCH_COMPILE
 # =0 or 1 override.) The tiny preset skips both: its profile has a test of its own
 # (tests/scaling/test_profile_step.py), and inductor takes minutes to compile even the tiny
@@ -79,16 +79,16 @@ fi
 # 2. PyTorch eager and torch.compile (inductor, channels-last) in one process on the GPU, compile
 #    s and step s each (torch_compiled.{json,txt}; JAX's figures are bench.json's).
 # The tests below get 90 s unless GPU_CHECK_TESTS_TIMEOUT says otherwise, to stay within budget.
-issue29_default=0
-[ "${PRESET}" = "paper" ] && issue29_default=1
-if [ "${GPU_CHECK_PROFILE:-${issue29_default}}" = 1 ]; then
+profile_default=0
+[ "${PRESET}" = "paper" ] && profile_default=1
+if [ "${GPU_CHECK_PROFILE:-${profile_default}}" = 1 ]; then
   : "${GPU_CHECK_TESTS_TIMEOUT:=90}"
   echo "== step profile by category (${PRESET})"
   timeout 240 "${PY}" launch/profile_step.py "${flags[@]}" --steps=3 --warmup=1 \
     --out="${OUT}/profile" > "${OUT}/profile.txt" 2>&1 || echo "step profile failed"
   tail -10 "${OUT}/profile.txt"
 fi
-if [ "${GPU_CHECK_TORCH_COMPILE:-${issue29_default}}" = 1 ] \
+if [ "${GPU_CHECK_TORCH_COMPILE:-${profile_default}}" = 1 ] \
   && "${PY}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
 then
   : "${GPU_CHECK_TESTS_TIMEOUT:=90}"
@@ -98,7 +98,7 @@ then
     > "${OUT}/torch_compiled.txt" 2>&1 || echo "compiled PyTorch benchmark failed"
   tail -5 "${OUT}/torch_compiled.txt"
 fi
-# --- end of issue 29 ---------------------------------------------------------------------------
+# --- end of the profile and compiled-PyTorch block ----------------------------------------------
 
 echo "== tests on the default device"
 # shellcheck disable=SC2086
