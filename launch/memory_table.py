@@ -24,7 +24,7 @@ workspaces and fragmentation. On a GPU machine the script compiles for the GPU i
 A batch fits a card when its peak is at most `HEADROOM` of the card's memory: JAX preallocates
 75% of a GPU by default (`XLA_PYTHON_CLIENT_MEM_FRACTION`), and the other 25% covers context and
 workspaces when that is raised. The largest fitting batch is interpolated linearly between the
-measured batches (measured: 1.50 to 1.53 GiB per sample between each pair, without remat).
+measured batches (the per-sample slope is in BENCHMARKS.md section 8).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int,
     if not data.synthetic_source:
         check((Path(data.dir) / "prepare.json").is_file(),
               f"data.dir={data.dir!r} is not a prepared dataset (no prepare.json); prepare it "
-              "with `python -m data_pipeline.prepare` (README: Preparing MIMIC-Diff-VQA)")
+              "with `python -m data_pipeline.prepare` (docs/data.md)")
     elif process_count > 1:
         check((Path(data.dir) / "prepare.json").is_file(),
               "generate and prepare the synthetic dataset once before a multi-host run "

@@ -6,7 +6,7 @@
 
 Training resumes by itself from the workdir's latest checkpoint. Multi-host runs (SLURM,
 Open MPI, TPU pods, or `--coordinator_address`) are set up by `real_jax.distributed`; see
-`launch/` and the README's scaling section.
+`launch/` and docs/scaling.md.
 """
 
 import real_jax.no_torch  # noqa: F401, I001  (first: it keeps transformers from loading torch)

@@ -6,13 +6,13 @@
 - with `REAL_JAX_TEST_CPU_LOG=FILE`, one JSON line per test in FILE: its wall time and the CPU
   seconds of the test process and of the subprocesses it waited for (`os.times`);
 - cheaper XLA:CPU code generation. The suite is mostly compilation of tiny models whose steps
-  run in milliseconds: less LLVM optimisation cut the compile time of the tiny train step from
-  25 s to 14 s (its run 0.05 s -> 0.15 s), and XLA's older elemental emitters instead of its
-  MLIR fusion emitters (one MLIR pass pipeline per fusion) cut it further from 10 s to 5.4 s,
-  for about 2 s more to load a process's cached programs. The program (HLO) is the same; its
-  float32 results can differ from the default build's in the last bits (instruction selection),
-  which no test depends on: every comparison is between runs under these same flags or within a
-  rounding tolerance. Users' runs keep XLA's defaults;
+  run in milliseconds, so less LLVM optimisation and XLA's older elemental emitters instead of
+  its MLIR fusion emitters (one MLIR pass pipeline per fusion) compile it several times faster
+  (docs/testing.md has the figures). The program (HLO) is the same; its float32 results can
+  differ from the default build's in the last bits (instruction selection), which no test
+  depends on: every comparison is between runs under these same flags or within a rounding
+  tolerance. Users' runs keep XLA's defaults, and `make rehearsal` checks the paper
+  configuration under them;
 - the flags the commands add to `XLA_FLAGS` (`real_jax.cli.set_gpu_xla_flags`), in the test
   processes too: every `--xla` flag is part of a program's cache key, so without them a program
   compiled inside a test and the same program in a command the suite starts (the benchmark's,
@@ -82,8 +82,8 @@ def tiny_data(suite_root: Path) -> tuple[Path, list[str]]:
                                "--config.data.synthetic_source="]
 
 
-# Modules handed to the pytest workers first, longest first (wall seconds of a cold run on 2
-# cores, 2026-11-30: 187, 157, 150, 121, 110, 85, 83, 64, 62). `make test` runs xdist with
+# Modules handed to the pytest workers first, longest first (by the wall time of a cold run,
+# docs/testing.md). `make test` runs xdist with
 # `--no-loadscope-reorder`, which keeps this order; by default xdist hands out the modules with
 # the most tests first, so these (most hold one long multi-process test) ran last, with one
 # core idle while the other finished them. The rest keep their collection order.

@@ -6,7 +6,7 @@ asynchronous checkpoints. Non-finite losses stop the run (or, with
 `train.nonfinite_policy="skip"`, the step is dropped and counted in the state). Only process 0
 writes logs and evaluation files; checkpoints are written collectively through Orbax.
 
-Stopping early, on purpose or not (README, "Reliability"):
+Stopping early, on purpose or not (docs/reliability.md):
 - SIGTERM / SIGINT (preemption, `scancel`, Ctrl-C) set a flag; the loop sees it after the step in
   flight, saves a checkpoint at that step, waits for it to be written and returns (exit 0). On
   several processes the flag is agreed (any process signalled -> all stop at the same step) every

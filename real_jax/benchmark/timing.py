@@ -20,7 +20,7 @@ from real_jax.distributed import sharding as shd
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, vocab_size: int,
                  eos_id: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch in the pipeline's format (README, "Batch format") with random content."""
+    """A batch in the pipeline's format (docs/model.md, "Batch format") with random content."""
     rng = np.random.default_rng(seed)
     size = config.data.image_size
     lq, la = config.data.question_max_tokens, config.data.answer_max_tokens

@@ -56,8 +56,8 @@ tests), closed at exit, and started afresh after a call in which it failed. ``me
 (``config.eval.meteor``) leaves METEOR out and never starts that process.
 
 ``pycocoevalcap`` writes its tokenizer's temp file inside its own package folder, so that folder
-must be writable. Cost: about 9 s of one CPU core for METEOR to load its paraphrase tables,
-once per process, then well under a second per call for a few hundred answers. Scoring is
+must be writable. METEOR's cost is loading its paraphrase tables, once per process (seconds of
+one core, docs/testing.md); each call after that is cheap. Scoring is
 host-side Python + Java: in a multi-host run, gather the predictions and call it on one process
 only.
 """

@@ -4,8 +4,8 @@ Follow-up radiographs are never taken in exactly the same position, so the plain
 turns every shift, tilt or change of magnification into a false difference. With
 `model.registration.enabled=True` the model first maps `ref` onto `main`'s pixel grid with the
 transform that maximises their normalised cross-correlation (NCC, blind to exposure
-differences), then forms the residual and encodes both images as usual (README,
-"Registration").
+differences), then forms the residual and encodes both images as usual
+(docs/model.md, "Registration").
 
 Geometry: a pixel's physical coordinates are `x` across the width in [-1, 1] and `y` down the
 height in [-H/W, H/W] (square pixels, origin at the image centre). The transform maps a point of

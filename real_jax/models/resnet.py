@@ -11,8 +11,8 @@ holding `conv1..3`, `bn1..3` and, on projection blocks, `downsample_conv` / `dow
 
 The 1x1 convolutions (`conv1`, `conv3`, `downsample_conv`) run as matrix multiplies over the
 channel axis (`PointwiseConv`): the same parameters as `nn.Conv` with a 1x1 kernel, but XLA:CPU
-takes its convolution path for a 1x1 kernel at 2-5x the time of the equal dot (BENCHMARKS.md,
-section 1), while GPUs run either as one GEMM.
+takes its slower convolution path for a 1x1 kernel (BENCHMARKS.md, section 1), while GPUs run
+either as one GEMM.
 
 `remat=True` checkpoints each bottleneck block (`flax.linen.remat`): the backward pass keeps only
 the blocks' inputs and recomputes the activations inside a block from its input. Parameter and
@@ -154,8 +154,8 @@ ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3))
 ResNet26 = partial(ResNet, stage_sizes=(2, 2, 2, 2))
 ResNetTiny = partial(ResNet, stage_sizes=(1, 1, 1, 1), num_filters=8)
 # The tests' encoder (configs/real.py:tiny): the fewest stages that keep every part of the trunk
-# (a stride-1 and a strided projection shortcut); a test program compiles 25-30% faster than
-# with ResNetTiny's four.
+# (a stride-1 and a strided projection shortcut); with two stages instead of ResNetTiny's four
+# the suite's programs compile faster (docs/testing.md).
 ResNetMicro = partial(ResNet, stage_sizes=(1, 1), num_filters=8)
 
 ENCODERS: dict[str, Callable[..., ResNet]] = {

@@ -18,7 +18,7 @@ fields:
   `"trainable"`, the easiest way to lower `L_con` is to make every feature constant (then
   `f_ref - f_main = 0 = f_res`), and on the synthetic demo that collapse happens within ~200 steps,
   before the decoder has learnt to read the images: the images then carry no information at all
-  (README, "Results"). `"detached"` removes that shortcut.
+  (docs/results.md). `"detached"` removes that shortcut.
 """
 
 import jax

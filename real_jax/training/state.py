@@ -34,7 +34,7 @@ class TrainState:
 def example_batch(
     batch_size: int, image_size: int, question_max_tokens: int, answer_max_tokens: int
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of the model inputs of one batch (README, "Batch format")."""
+    """Shapes and dtypes of the model inputs of one batch (docs/model.md, "Batch format")."""
     image = jax.ShapeDtypeStruct((batch_size, image_size, image_size), jnp.uint8)
     question = jax.ShapeDtypeStruct((batch_size, question_max_tokens), jnp.int32)
     answer = jax.ShapeDtypeStruct((batch_size, answer_max_tokens), jnp.int32)
