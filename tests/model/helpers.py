@@ -95,3 +95,9 @@ def ulps_apart(a, b, floor: float = 0.0) -> float:
             scale = max(float(np.max(np.abs(x))), floor, float(np.finfo(np.float32).tiny))
             worst = max(worst, float(np.max(np.abs(x - y))) / (FLOAT32_EPS * scale))
     return worst
+
+
+def break_zero_init(variables: dict) -> dict:
+    """Adds 0.05 to every 1-D variable (biases, batch-norm scales and statistics): the last
+    batch-norm scale of each residual block starts at zero, which would silence its branch."""
+    return jax.tree.map(lambda x: x + 0.05 if x.ndim == 1 else x, variables)

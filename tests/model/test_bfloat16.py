@@ -10,7 +10,14 @@ import pytest
 from real_jax.models.generation import make_generate_fn
 from real_jax.training.losses import consistency_loss
 from real_jax.training.step import make_loss_fn
-from tests.model.helpers import EOS_ID, init_variables, random_batch, tiny_config, tiny_model
+from tests.model.helpers import (
+    EOS_ID,
+    break_zero_init,
+    init_variables,
+    random_batch,
+    tiny_config,
+    tiny_model,
+)
 from tests.model.test_forward_and_generation import MAX_NEW, uncached_greedy
 
 # bfloat16 keeps 8 significant bits (7 stored + the implicit one): rounding one value to bf16
@@ -38,7 +45,7 @@ def steps():
         if dtype == "float32":
             variables = init_variables(model, batch, seed=0)
             # Break the zero-initialised last batch-norm scales so every branch contributes.
-            variables = jax.tree.map(lambda x: x + 0.05 if x.ndim == 1 else x, variables)
+            variables = break_zero_init(variables)
         grad_fn = jax.jit(jax.value_and_grad(make_loss_fn(model, config.loss), has_aux=True))
         (loss, (metrics, _)), grads = grad_fn(variables["params"], variables["batch_stats"],
                                               batch, jax.random.key(0))
@@ -102,7 +109,7 @@ def test_bfloat16_cached_greedy_decoding_equals_uncached_stepwise_argmax():
     model = tiny_model(config)
     batch = random_batch(config, 3, seed=5)
     variables = init_variables(model, batch, seed=7)
-    variables = jax.tree.map(lambda x: x + 0.05 if x.ndim == 1 else x, variables)
+    variables = break_zero_init(variables)
     cached = make_generate_fn(model, method="greedy", max_new_tokens=MAX_NEW, eos_id=EOS_ID)(
         variables, {k: jnp.asarray(v) for k, v in batch.items()})
     np.testing.assert_array_equal(np.asarray(cached),

@@ -9,6 +9,7 @@ from real_jax.models.generation import beam_search, greedy_search, make_generate
 from real_jax.training.losses import generation_loss
 from tests.model.helpers import (
     EOS_ID,
+    break_zero_init,
     init_variables,
     jit_apply,
     random_batch,
@@ -27,7 +28,7 @@ def setup():
     batch = random_batch(config, 3, seed=5)
     variables = init_variables(model, batch, seed=7)
     # Break the zero-initialised last batch-norm scales so every branch contributes.
-    variables = jax.tree.map(lambda x: x + 0.05 if x.ndim == 1 else x, variables)
+    variables = break_zero_init(variables)
     return config, model, batch, variables
 
 

@@ -9,6 +9,7 @@ import pytest
 from real_jax.training.step import make_loss_fn
 from tests.model.helpers import (
     FLOAT32_EPS,
+    break_zero_init,
     init_variables,
     random_batch,
     tiny_config,
@@ -28,7 +29,7 @@ def setup():
     batch = {k: jnp.asarray(v) for k, v in random_batch(config, 4, seed=11).items()}
     variables = init_variables(model, batch, seed=3)
     # Break the zero-initialised last batch-norm scales so every branch contributes.
-    variables = jax.tree.map(lambda x: x + 0.05 if x.ndim == 1 else x, variables)
+    variables = break_zero_init(variables)
     return config, model, batch, variables
 
 
