@@ -1,17 +1,30 @@
 #!/bin/bash
-# Everything worth measuring on one GPU, in at most 13 minutes, with its figures as JSON:
+# Everything worth measuring on one GPU in one run of about 9 minutes (GPU_CHECK_BUDGET_S, 540 s
+# by default: a device session's single command may last 10), with its figures as JSON. In order
+# of value, each step bounded by its own limit and by what is left of the budget (a step that
+# would get less than it needs is skipped and listed in summary.json's "skipped"):
 #   1. the paper-config benchmark (`real_jax.bench`: compile s, step s, samples/s, MFU against a
 #      bf16 matmul peak measured in the same run, peak HBM, greedy and beam tokens/s);
-#   2. the same train step and greedy decoding in PyTorch on the same GPU (bf16 autocast), in a
-#      process of its own, and the JAX / PyTorch ratios (where torch sees a GPU);
-#   3. the tests that run the model on the default device (forward, train step, remat, decoding;
-#      GPU_CHECK_TESTS_TIMEOUT seconds, 240 by default).
+#   2. the same train step in PyTorch on the same GPU (bf16 autocast), eager and under
+#      `torch.compile` (inductor, channels-last), compile s and step s each, in a process of its
+#      own, and the JAX / PyTorch ratios (where torch sees a GPU);
+#   3. where the step's time goes: a `jax.profiler` trace of 3 steps and its table of time per
+#      category (`launch/profile_step.py`, OUT/profile/profile.{json,md});
+#   4. the training command fed by the real pipeline: `python -m real_jax.main` on synthetic
+#      studies ingested at 544 px, the preset's grain workers (`launch/rehearsal.py
+#      --train_only`): compile s, s per step, samples/s beside the benchmark's random batches;
+#   5. the tests that run the model on the default device (forward, train step, remat, beam).
+# GPU_CHECK_REHEARSAL=1 then runs the whole rehearsal (kill + resume bitwise, beam evaluation,
+# predict, export parity) at batch 32 with what is left (it needs ~5 more minutes).
 #
 #   bash launch/gpu_check.sh                      # on the GPU machine
 #   GPU_CHECK_PRESET=tiny bash launch/gpu_check.sh   # anywhere, tiny model (the suite runs this)
 #
-# Writes launch/results/gpu_check_<preset>/{devices.txt,bench.*,torch.*,tests.txt,summary.json}
-# (GPU_CHECK_OUT overrides the folder). BENCHMARKS.md section 3 says where the figures go.
+# Writes launch/results/gpu_check_<preset>/{devices.txt,bench.*,torch.*,profile*,train/,
+# tests.txt,summary.json} (GPU_CHECK_OUT overrides the folder). BENCHMARKS.md section 3 says
+# where the figures go. GPU_CHECK_TORCH_COMPILE, GPU_CHECK_PROFILE, GPU_CHECK_TRAIN = 0 or 1
+# override steps 2-4's defaults (on for the paper preset; the tiny preset skips them: the suite
+# tests their logic elsewhere, and inductor takes minutes even for the tiny model on CPU).
 #
 # Machines without network: `bash launch/gpu_wheels.sh` (elsewhere) fills launch/wheels with what
 # the GPU image lacks; when that folder is present and the image cannot import the project's
@@ -29,7 +42,25 @@ PY="${PYTHON:-python3}"
 TESTS="${GPU_CHECK_TESTS:-tests/model/test_forward_and_generation.py tests/model/test_train_step.py tests/model/test_remat.py tests/model/test_beam_search.py}"
 mkdir -p "${OUT}"
 start=$(date +%s)
+BUDGET="${GPU_CHECK_BUDGET_S:-540}"
+: > "${OUT}/skipped.txt"
 
+# step NAME LIMIT_S NEEDS_S COMMAND...: runs COMMAND under `timeout` of LIMIT_S or what is left
+# of the budget, whichever is less; skips it (a line in skipped.txt) when less than NEEDS_S is
+# left. Returns the command's exit status (124: timed out).
+step() {
+  local name=$1 limit=$2 needs=$3 left
+  shift 3
+  left=$(( BUDGET - ($(date +%s) - start) ))
+  if [ "${left}" -lt "${needs}" ]; then
+    echo "== ${name}: skipped, ${left} s of the ${BUDGET} s budget left (needs ${needs})"
+    echo "${name}: ${left} s left, needs ${needs}" >> "${OUT}/skipped.txt"
+    return 0
+  fi
+  if [ "${left}" -lt "${limit}" ]; then limit=${left}; fi
+  echo "== ${name} (up to ${limit} s; ${left} s left)"
+  timeout "${limit}" "$@"
+}
 imports="import grain, ml_collections, tensorflow_datasets, transformers.models.gpt2.modeling_flax_gpt2"
 if ! "${PY}" -c "${imports}" 2>/dev/null; then
   if [ ! -d launch/wheels ]; then
@@ -46,115 +77,80 @@ export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 "${PY}" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())" | tee "${OUT}/devices.txt"
 
-echo "== benchmark (${PRESET})"
-if [ "${PRESET}" = "paper" ]; then
+on_paper=0
+[ "${PRESET}" = "paper" ] && on_paper=1
+torch_gpu=0
+if [ "${GPU_CHECK_TORCH:-1}" = 1 ] \
+  && "${PY}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+then
+  torch_gpu=1
+fi
+if [ "${on_paper}" = 1 ]; then
   # Per-device batch 32: half of what fits an H200 by the CPU memory estimate (BENCHMARKS.md 8).
   flags=(--config=configs/real.py --config.train.global_batch_size=32 --steps=10 --warmup=2)
 else
   flags=(--config=configs/real.py:tiny --vocab_size=64 --steps=2 --warmup=1)
 fi
+
 bench_status=0
-timeout 330 "${PY}" -m real_jax.bench "${flags[@]}" --json="${OUT}/bench.json" \
-  > "${OUT}/bench.txt" 2>&1 || bench_status=$?
-tail -3 "${OUT}/bench.txt"
+step "benchmark (${PRESET})" 330 60 "${PY}" -m real_jax.bench "${flags[@]}" \
+  --json="${OUT}/bench.json" > "${OUT}/bench.txt" 2>&1 || bench_status=$?
+tail -3 "${OUT}/bench.txt" 2>/dev/null || true
 
-# The same step in PyTorch on the same GPU, in a process of its own (JAX keeps most of the
-# device's memory); skipped where torch sees no GPU.
-if [ "${GPU_CHECK_TORCH:-1}" = 1 ] \
-  && "${PY}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
-then
-  echo "== PyTorch on the GPU (${PRESET})"
-  timeout 200 "${PY}" -m real_jax.bench "${flags[@]}" --nojax --torch --torch_device=cuda \
-    --json="${OUT}/torch.json" > "${OUT}/torch.txt" 2>&1 || echo "PyTorch benchmark failed"
-  tail -3 "${OUT}/torch.txt"
+# PyTorch in a process of its own: JAX keeps most of the device's memory. Eager first (with its
+# greedy decoding), then compiled; both land in torch.json.
+if [ "${torch_gpu}" = 1 ]; then
+  compiled=()
+  limit=120
+  if [ "${GPU_CHECK_TORCH_COMPILE:-${on_paper}}" = 1 ]; then
+    compiled=(--torch_compile)
+    limit=270
+  fi
+  step "PyTorch on the GPU (${PRESET}${compiled:+, eager and torch.compile})" "${limit}" 60 \
+    "${PY}" -m real_jax.bench "${flags[@]}" --nojax --torch ${compiled[@]+"${compiled[@]}"} \
+    --torch_device=cuda --json="${OUT}/torch.json" > "${OUT}/torch.txt" 2>&1 \
+    || echo "PyTorch benchmark failed or timed out: ${OUT}/torch.txt"
+  tail -6 "${OUT}/torch.txt" 2>/dev/null || true
 fi
 
-# --- where the step's time goes, and against the best PyTorch ------------------------------
-# (paper preset only by default, ~6 of the 13 minutes; GPU_CHECK_PROFILE / GPU_CHECK_TORCH_COMPILE
-# =0 or 1 override.) The tiny preset skips both: its profile has a test of its own
-# (tests/scaling/test_profile_step.py), and inductor takes minutes to compile even the tiny
-# model on CPU (200 s measured), too slow for the suite that runs this script.
-# 1. A jax.profiler trace of 3 paper-config steps and its table of time per category
-#    (launch/profile_step.py; trace, HLO, profile.{json,md} under ${OUT}/profile).
-# 2. PyTorch eager and torch.compile (inductor, channels-last) in one process on the GPU, compile
-#    s and step s each (torch_compiled.{json,txt}; JAX's figures are bench.json's).
-# The tests below get 90 s unless GPU_CHECK_TESTS_TIMEOUT says otherwise, to stay within budget.
-profile_default=0
-[ "${PRESET}" = "paper" ] && profile_default=1
-if [ "${GPU_CHECK_PROFILE:-${profile_default}}" = 1 ]; then
-  : "${GPU_CHECK_TESTS_TIMEOUT:=90}"
-  echo "== step profile by category (${PRESET})"
-  timeout 240 "${PY}" launch/profile_step.py "${flags[@]}" --steps=3 --warmup=1 \
-    --out="${OUT}/profile" > "${OUT}/profile.txt" 2>&1 || echo "step profile failed"
-  tail -10 "${OUT}/profile.txt"
+# Compiles the step again (no compilation cache here: the benchmark reports a cold compile).
+if [ "${GPU_CHECK_PROFILE:-${on_paper}}" = 1 ]; then
+  step "step profile by category (${PRESET})" 180 60 "${PY}" launch/profile_step.py \
+    "${flags[@]}" --steps=3 --warmup=1 --out="${OUT}/profile" > "${OUT}/profile.txt" 2>&1 \
+    || echo "step profile failed or timed out: ${OUT}/profile.txt"
+  tail -12 "${OUT}/profile.txt" 2>/dev/null || true
 fi
-if [ "${GPU_CHECK_TORCH_COMPILE:-${profile_default}}" = 1 ] \
-  && "${PY}" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
-then
-  : "${GPU_CHECK_TESTS_TIMEOUT:=90}"
-  echo "== PyTorch eager and torch.compile on the GPU (${PRESET})"
-  timeout 300 "${PY}" -m real_jax.bench "${flags[@]}" --nojax --torch --torch_compile \
-    --torch_device=cuda --nodecode --json="${OUT}/torch_compiled.json" \
-    > "${OUT}/torch_compiled.txt" 2>&1 || echo "compiled PyTorch benchmark failed"
-  tail -5 "${OUT}/torch_compiled.txt"
-fi
-# --- end of the profile and compiled-PyTorch block ----------------------------------------------
 
-echo "== tests on the default device"
-# shellcheck disable=SC2086
+# The training command fed by grain workers; 40 steps logged every 10, one checkpoint at the
+# end, no evaluation: s per step over the intervals after the first.
+if [ "${GPU_CHECK_TRAIN:-${on_paper}}" = 1 ]; then
+  train_dir="${GPU_CHECK_TRAIN_DIR:-/tmp/real_jax_gpu_train}"
+  step "training command, real pipeline (${PRESET}, batch 32)" 300 150 "${PY}" \
+    launch/rehearsal.py --out "${train_dir}" --preset "${PRESET}" --train_only --batch 32 --steps 40 \
+    --checkpoint_every 40 --log_every 10 --subjects 40 --image_width 1024 --no_scoring \
+    > "${OUT}/train.txt" 2>&1 || echo "training command failed or timed out: ${OUT}/train.txt"
+  cp "${train_dir}/rehearsal.json" "${OUT}/train.json" 2>/dev/null || true
+  tail -8 "${OUT}/train.txt" 2>/dev/null || true
+fi
+
 # A failing or slow test is reported (and sets the exit status) but does not stop the script.
 tests_status=0
-timeout "${GPU_CHECK_TESTS_TIMEOUT:-240}" "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} \
-  > "${OUT}/tests.txt" 2>&1 || tests_status=$?
-tail -3 "${OUT}/tests.txt"
+# shellcheck disable=SC2086
+step "tests on the default device" "${GPU_CHECK_TESTS_TIMEOUT:-240}" 60 \
+  "${PY}" -m pytest -q -p no:cacheprovider ${TESTS} > "${OUT}/tests.txt" 2>&1 \
+  || tests_status=$?
+[ -f "${OUT}/tests.txt" ] && tail -3 "${OUT}/tests.txt"
 
-"${PY}" - "${OUT}" "$(( $(date +%s) - start ))" "${tests_status}" "${bench_status}" <<'EOF'
-import json, sys
-from pathlib import Path
-
-out, seconds, tests_status, bench_status = Path(sys.argv[1]), *map(int, sys.argv[2:5])
-if not (out / "bench.json").exists():
-    sys.exit(f"the benchmark failed (exit status {bench_status}): see {out}/bench.txt")
-bench = json.loads((out / "bench.json").read_text())
-tests = (out / "tests.txt").read_text().strip().splitlines()
-keys = ("compile_s", "step_s", "samples_per_s", "mfu", "peak_flops_per_s",
-        "peak_device_memory_bytes", "decode_greedy_tokens_per_s", "decode_beam_tokens_per_s")
-summary = {"machine": bench["machine"], "config": bench["config"],
-           "tests": tests[-1] if tests else "no output", "tests_exit_status": tests_status,
-           "wall_s": seconds,
-           "jax": {k: bench["jax"].get(k) for k in keys}}
-if (out / "torch.json").exists():
-    torch_side = json.loads((out / "torch.json").read_text())["torch"]
-    summary["torch"] = {k: torch_side.get(k) for k in (
-        "torch_version", "device", "dtype", "step_s", "samples_per_s",
-        "peak_device_memory_bytes", "decode_greedy_tokens_per_s")}
-    summary["jax_over_torch"] = {
-        "train_samples_per_s": bench["jax"]["samples_per_s"] / torch_side["samples_per_s"],
-        "decode_greedy_tokens_per_s": bench["jax"]["decode_greedy_tokens_per_s"]
-        / torch_side["decode_greedy_tokens_per_s"]}
-(out / "summary.json").write_text(json.dumps(summary, indent=1))
-print(json.dumps(summary, indent=1))
-EOF
-
-# ---- rehearsal: the paper configuration through the commands users run (launch/rehearsal.py),
-# here at batch 32 for 30 steps, fed by the real pipeline (synthetic studies, 8 grain workers):
-# kill + resume bitwise, beam evaluation, predict, export parity. It gets what is left of the
-# script's budget (GPU_CHECK_BUDGET_S, 780 s); a run cut short leaves the stages it finished in
-# OUT/rehearsal.json. Its data, compilation cache and logs go to GPU_CHECK_REHEARSAL_DIR. Not run
-# for the tiny preset: the suite tests the rehearsal's logic itself
-# (tests/reliability/test_rehearsal.py), and a tiny rehearsal would add minutes to the suite.
 rehearsal_status=0
-if [ "${PRESET}" = "paper" ] && [ "${GPU_CHECK_REHEARSAL:-1}" = 1 ]; then
-  left=$(( ${GPU_CHECK_BUDGET_S:-780} - ($(date +%s) - start) ))
-  if [ "${left}" -ge 120 ]; then
-    echo "== rehearsal (paper config, batch 32, ${left} s left)"
-    scratch="${GPU_CHECK_REHEARSAL_DIR:-/tmp/real_jax_rehearsal}"
-    timeout "${left}" "${PY}" launch/rehearsal.py --out "${scratch}" --batch 32 --steps 30 \
-      --checkpoint_every 15 --subjects 20 > "${OUT}/rehearsal.txt" 2>&1 || rehearsal_status=$?
-    cp "${scratch}/rehearsal.json" "${OUT}/rehearsal.json" 2>/dev/null || true
-    tail -25 "${OUT}/rehearsal.txt"
-  else
-    echo "== rehearsal skipped: ${left} s left of the ${GPU_CHECK_BUDGET_S:-780} s budget"
-  fi
+if [ "${on_paper}" = 1 ] && [ "${GPU_CHECK_REHEARSAL:-0}" = 1 ]; then
+  scratch="${GPU_CHECK_REHEARSAL_DIR:-/tmp/real_jax_rehearsal}"
+  step "rehearsal (paper config, batch 32)" 3600 240 "${PY}" launch/rehearsal.py \
+    --out "${scratch}" --batch 32 --steps 30 --checkpoint_every 15 --subjects 20 \
+    > "${OUT}/rehearsal.txt" 2>&1 || rehearsal_status=$?
+  cp "${scratch}/rehearsal.json" "${OUT}/rehearsal.json" 2>/dev/null || true
+  tail -25 "${OUT}/rehearsal.txt" 2>/dev/null || true
 fi
+
+"${PY}" launch/gpu_summary.py "${OUT}" "$(( $(date +%s) - start ))" "${tests_status}" \
+  "${bench_status}"
 exit $(( bench_status || tests_status || rehearsal_status ))

@@ -16,7 +16,9 @@ Stages, each one subprocess running the real command (`launch/stages.py` measure
    `python -m data_pipeline.prepare --question_types difference` ingests them as the README
    says for the real data (shorter side resized to 544 px); training crops 512.
 1. `reference`: `python -m real_jax.main --config=configs/real.py ...` trains STEPS steps
-   (checkpoints every CHECKPOINT_EVERY, its final evaluation as the preset does it).
+   (checkpoints every CHECKPOINT_EVERY, its final evaluation as the preset does it). Its log
+   gives the training command's compile s, s per step and samples/s; `--train_only` stops
+   here (`gpu_check.sh`'s figure of the command fed by the real pipeline).
 2. `killed`: the same command in another workdir, SIGKILLed once its first checkpoint is
    complete; `resumed`: the same command again. Its final train state, optimizer state, batch
    statistics, step, data-iterator position, metrics log and evaluation must equal the
@@ -116,7 +118,8 @@ class Rehearsal:
                 "--config.data.synthetic_source=", "--config.pretrained.resnet50=",
                 "--config.pretrained.gpt2_dir=", f"--config.train.global_batch_size={o.batch}",
                 *steps, f"--config.train.checkpoint_every_steps={o.checkpoint_every}",
-                "--config.train.log_every_steps=1", f"--config.eval.batch_size={o.eval_batch}",
+                f"--config.train.log_every_steps={o.log_every}",
+                f"--config.eval.batch_size={o.eval_batch}",
                 f"--config.data.eval_limit={o.eval_limit}", *self.extra]
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -194,11 +197,17 @@ class Rehearsal:
                           f"{ingested}: raise --subjects (and delete {raw})")
 
     def train_and_resume(self) -> bool:
+        """Stages 1 and 2; whether the later stages should run (not with --train_only)."""
         steps, reference, resumed = self.opts.steps, self.out / "reference", self.out / "resumed"
         first = self.stage("reference", self.train_command(reference))
         if not (self.ran(first) and self.check("reference: final checkpoint",
                                                steps in complete_steps(reference),
                                                complete_steps(reference))):
+            return False
+        if self.opts.train_only:
+            self.report["training"] = {"reference": train_figures(Path(first.log),
+                                                                  self.opts.batch)}
+            self.save()
             return False
         command = self.train_command(resumed)
         killed = self.stage("killed", command, kill_when=lambda: bool(complete_steps(resumed)))
@@ -230,7 +239,7 @@ class Rehearsal:
         self.report["resume"] = comparison
         self.report["losses"] = {name: losses(self.out / name) for name in ("reference",
                                                                              "resumed")}
-        self.report["training"] = {stage.name: train_figures(Path(stage.log))
+        self.report["training"] = {stage.name: train_figures(Path(stage.log), self.opts.batch)
                                    for stage in (first, killed, second)}
         self.check("resumed: final state bitwise equal to the uninterrupted run's",
                    comparison["ok"], comparison)
@@ -289,24 +298,34 @@ class Rehearsal:
                    self.report.get("parity", {}).get("ok", False), self.report.get("parity"))
 
 
-def train_figures(log: Path) -> dict[str, Any]:
-    """From a training log: the train step's compile (or cache load) seconds, as logged, and
-    each step's seconds between consecutive progress lines (one per step here; the first step's
-    from the compile line), by the lines' timestamps."""
+def train_figures(log: Path, global_batch: int | None = None) -> dict[str, Any]:
+    """From a training log: the train step's compile (or cache load) seconds, as logged, and the
+    seconds per step over each interval between consecutive progress lines (the first from the
+    compile line, which precedes the run's first step), by the lines' timestamps, so any
+    `train.log_every_steps` works. With `global_batch`, also the median's samples/s."""
     stamp = r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) "
-    times, compile_s = [], None
+    marks: list[tuple[int, float]] = []  # (step, seconds since midnight)
+    compile_s, first_step = None, 0
     for line in log.read_text(errors="replace").splitlines():
+        started = re.search(r"\] training steps (\d+)\.\.", line)
         compiled = re.search(stamp + r".*train step compiled \(or loaded from the cache\) in "
                              r"([\d.]+) s", line)
-        step = re.search(stamp + r".*\] step \d+/\d+ ", line)
+        step = re.search(stamp + r".*\] step (\d+)/\d+ ", line)
+        if started:
+            first_step = int(started.group(1))
         if compiled and compile_s is None:
             compile_s = float(compiled.group(4))
-        if (compiled and not times) or step:
-            h, m, sec = (compiled or step).groups()[:3]
-            times.append(3600 * int(h) + 60 * int(m) + float(sec))
-    step_s = [round((b - a) % 86400, 2) for a, b in itertools.pairwise(times)]  # midnight
-    return {"compile_s": compile_s, "step_s": step_s,
-            "step_s_median": sorted(step_s)[len(step_s) // 2] if step_s else None}
+        if (compiled and not marks) or step:
+            h, m, sec, value = (compiled or step).groups()[:4]
+            at = first_step if compiled else int(value)
+            marks.append((at, 3600 * int(h) + 60 * int(m) + float(sec)))
+    step_s = [round(((t1 - t0) % 86400) / (s1 - s0), 3)  # % 86400: midnight
+              for (s0, t0), (s1, t1) in itertools.pairwise(marks) if s1 > s0]
+    median = sorted(step_s)[len(step_s) // 2] if step_s else None
+    figures = {"compile_s": compile_s, "step_s": step_s, "step_s_median": median}
+    if global_batch is not None:
+        figures["samples_per_s"] = round(global_batch / median, 2) if median else None
+    return figures
 
 
 def losses(workdir: Path) -> dict[int, float]:
@@ -374,9 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_scoring", action="store_true",
                         help="as without java: no final evaluation, unscored beam predictions")
     parser.add_argument("--keep", action="store_true", help="keep checkpoints and the export")
+    parser.add_argument("--train_only", action="store_true",
+                        help="stop after the reference training run: the training command's "
+                             "compile s, s per step and samples/s (report['training'])")
+    parser.add_argument("--log_every", type=int, default=1,
+                        help="train.log_every_steps (other than 1 only with --train_only: the "
+                             "resume checks compare the loss of every step)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete OUT first (data and compilation cache included)")
     opts = parser.parse_args(argv[:split])
+    if opts.log_every != 1 and not opts.train_only:
+        parser.error("--log_every other than 1 needs --train_only")
     if opts.fresh:
         shutil.rmtree(opts.out, ignore_errors=True)
     rehearsal = Rehearsal(opts, argv[split + 1:])

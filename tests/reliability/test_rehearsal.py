@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from launch import stages
 from launch.rehearsal import evaluation_summary, train_figures
 from launch.rehearsal import main as rehearsal_main
@@ -28,6 +30,8 @@ MB = 2**20
 PARENT = """
 import subprocess, sys, time
 from pathlib import Path
+
+import pytest
 held = b"\\x01" * ({size} * 2**20)
 child = subprocess.Popen([sys.executable, "-c", "import time; from pathlib import Path; "
                           "held = b'\\\\x01' * (60 * 2**20); Path({child_marker!r}).touch(); "
@@ -138,3 +142,40 @@ def test_train_figures_from_a_training_log(tmp_path):
         "I1203 00:00:06.250000 1 metric_writer.py:132] step 3/3 0.04 steps/s ETA 0 min loss=6\n")
     figures = train_figures(log)
     assert figures == {"compile_s": 94.5, "step_s": [20.25, 30.0, 25.0], "step_s_median": 25.0}
+
+
+def test_train_figures_divide_each_interval_by_its_steps_from_a_resumed_run(tmp_path):
+    """Progress every 10 steps of a run resumed at step 15 (a line at the checkpoint step 20):
+    seconds per step over each interval, and samples/s at the median."""
+    log = tmp_path / "train.log"
+    log.write_text(
+        "I1203 10:00:00.000000 1 driver.py:243] training steps 15..40 of 40 on 1 devices\n"
+        "I1203 10:00:02.000000 1 driver.py:193] train step compiled (or loaded from the cache) in "
+        "1.5 s\n"
+        "I1203 10:00:03.000000 1 metric_writer.py:132] step 20/40 5 steps/s ETA 0 min loss=6\n"
+        "I1203 10:00:04.000000 1 metric_writer.py:132] step 30/40 10 steps/s ETA 0 min loss=6\n"
+        "I1203 10:00:08.000000 1 metric_writer.py:132] step 40/40 2.5 steps/s ETA 0 min loss=6\n")
+    figures = train_figures(log, global_batch=32)
+    assert figures == {"compile_s": 1.5, "step_s": [0.2, 0.1, 0.4], "step_s_median": 0.2,
+                       "samples_per_s": 160.0}
+
+
+def test_train_only_stops_after_the_reference_run_with_its_step_figures(tmp_path):
+    """`--train_only` (gpu_check.sh's training-command figure): data, one real training run
+    logged every 2 steps, its s per step and samples/s, and no kill, resume or export."""
+    status = rehearsal_main(["--out", str(tmp_path), "--preset=tiny", "--subjects=5",
+                             "--image_width=64", "--batch=2", "--steps=4",
+                             "--checkpoint_every=4", "--log_every=2", "--train_only",
+                             "--no_scoring"])
+    report = json.loads((tmp_path / "rehearsal.json").read_text())
+    assert status == 0 and report["ok"], report["checks"]
+    assert set(report["stages"]) == {"synthetic", "prepare", "reference"}
+    figures = report["training"]["reference"]
+    assert len(figures["step_s"]) == 2 and figures["compile_s"] is not None, figures
+    assert figures["samples_per_s"] == pytest.approx(2 / figures["step_s_median"], rel=0.01)
+
+
+def test_log_every_other_than_1_needs_train_only(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        rehearsal_main(["--out", str(tmp_path), "--log_every=5"])
+    assert exit_info.value.code == 2

@@ -115,7 +115,7 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(scratch):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((scratch / "summary.json").read_text())
     assert "passed" in summary["tests"] and "failed" not in summary["tests"], summary["tests"]
-    assert summary["config"]["preset"] == "tiny"
+    assert summary["config"]["preset"] == "tiny" and summary["skipped"] == [], summary
     for key in ("compile_s", "step_s", "samples_per_s", "mfu", "decode_greedy_tokens_per_s",
                 "decode_beam_tokens_per_s"):
         assert math.isfinite(summary["jax"][key]) and summary["jax"][key] > 0, (key, summary)
