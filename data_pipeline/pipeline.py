@@ -409,6 +409,11 @@ def make_train_iterator(
     [shard_index*P, (shard_index+1)*P) of every global batch (P = G // shard_count). So the
     global batch (hosts' batches concatenated in process order, as the data-parallel mesh lays
     them out) is the same for any number of hosts, and each host decodes only its own rows.
+    An unreadable record that is skipped shifts the later examples of its stream by one, so
+    after a skip the batches are no longer those slices; with `data.num_workers` > 0 each
+    worker batches a slice of its own, so which examples form later batches after a skip then
+    depends on the number of workers (a resumed run still continues exactly: the skips are in
+    the iterator's state).
     """
     data_dir, split, question_types = data.dir, data.train_split, _types(data)
     question_max_tokens, answer_max_tokens = data.question_max_tokens, data.answer_max_tokens
