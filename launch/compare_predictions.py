@@ -1,6 +1,8 @@
 """What two ablation rows answered, seed by seed: how many test answers they share, how many
-distinct answers each gave, and each one's most frequent answers. For rows whose scores are
-equal, this says whether they gave the same answers (and whether those depend on the images).
+distinct answers each gave, the most distinct answers either gave to one question wording (1:
+the answer is a function of the question's text alone, whatever the images), and each one's most
+frequent answers. For rows whose scores are equal, this says whether they gave the same answers
+and whether those depend on the images.
 
     python launch/compare_predictions.py --out runs/ablation_alignment real_trainable text_prior \
         [--seeds 0 1 2] [--top 3]
@@ -31,16 +33,21 @@ def last_predictions(run: Path) -> Path:
 
 def compare(first: Path, second: Path, top: int = 3) -> dict[str, Any]:
     """Two runs' answers to the same examples: shared, distinct and most frequent answers."""
-    answers = []
+    answers, per_question = [], []
     for path in (first, second):
-        by_index = {p.index: p.prediction.strip() for p in read_predictions_jsonl(path)}
-        answers.append(by_index)
+        records = read_predictions_jsonl(path)
+        answers.append({p.index: p.prediction.strip() for p in records})
+        by_question = collections.defaultdict(set)
+        for p in records:
+            by_question[p.question].add(p.prediction.strip())
+        per_question.append(max(len(a) for a in by_question.values()))
     if set(answers[0]) != set(answers[1]):
         raise ValueError(f"{first} and {second} answer different examples")
     indices = sorted(answers[0])
     same = sum(answers[0][i] == answers[1][i] for i in indices)
     return {"examples": len(indices), "identical": same,
             "distinct": [len(set(a.values())) for a in answers],
+            "most_answers_to_one_question": per_question,
             "most_frequent": [collections.Counter(a.values()).most_common(top) for a in answers]}
 
 
@@ -48,11 +55,13 @@ def markdown(rows: Sequence[str], results: dict[int, dict[str, Any]]) -> str:
     """One line per seed: identical answers, distinct answers of each row, the first row's most
     frequent answers with their counts."""
     lines = [f"| seed | identical answers | distinct answers `{rows[0]}` / `{rows[1]}` | "
-             f"most frequent answers of `{rows[0]}` (count) |", "|---|---|---|---|"]
+             "most to one question wording | "
+             f"most frequent answers of `{rows[0]}` (count) |", "|---|---|---|---|---|"]
     for seed, r in results.items():
         frequent = "; ".join(f"\"{answer}\" ({count})" for answer, count in r["most_frequent"][0])
+        most = r["most_answers_to_one_question"]
         lines.append(f"| {seed} | {r['identical']}/{r['examples']} | {r['distinct'][0]} / "
-                     f"{r['distinct'][1]} | {frequent} |")
+                     f"{r['distinct'][1]} | {most[0]} / {most[1]} | {frequent} |")
     return "\n".join(lines) + "\n"
 
 
