@@ -23,8 +23,10 @@
 # Writes launch/results/gpu_check_<preset>/{devices.txt,bench.*,torch.*,profile*,train/,
 # tests.txt,summary.json} (GPU_CHECK_OUT overrides the folder). BENCHMARKS.md section 3 says
 # where the figures go. GPU_CHECK_TORCH_COMPILE, GPU_CHECK_PROFILE, GPU_CHECK_TRAIN = 0 or 1
-# override steps 2-4's defaults (on for the paper preset; the tiny preset skips them: the suite
-# tests their logic elsewhere, and inductor takes minutes even for the tiny model on CPU).
+# override steps 2-4's defaults (on for the paper preset; off for the tiny preset, which the
+# suite runs: the profile and the training stage have tests of their own
+# (tests/scaling/test_profile_step.py, tests/reliability/test_rehearsal.py), and inductor takes
+# minutes to compile even the tiny model on CPU, so only the channels-last eager step is tested).
 #
 # Machines without network: `bash launch/gpu_wheels.sh` (elsewhere) fills launch/wheels with what
 # the GPU image lacks; when that folder is present and the image cannot import the project's
@@ -126,8 +128,8 @@ fi
 if [ "${GPU_CHECK_TRAIN:-${on_paper}}" = 1 ]; then
   train_dir="${GPU_CHECK_TRAIN_DIR:-/tmp/real_jax_gpu_train}"
   step "training command, real pipeline (${PRESET}, batch 32)" 300 150 "${PY}" \
-    launch/rehearsal.py --out "${train_dir}" --preset "${PRESET}" --train_only --batch 32 --steps 40 \
-    --checkpoint_every 40 --log_every 10 --subjects 40 --image_width 1024 --no_scoring \
+    launch/rehearsal.py --out "${train_dir}" --preset "${PRESET}" --train_only --batch 32 \
+    --steps 40 --checkpoint_every 40 --log_every 10 --subjects 40 --image_width 1024 --no_scoring \
     > "${OUT}/train.txt" 2>&1 || echo "training command failed or timed out: ${OUT}/train.txt"
   cp "${train_dir}/rehearsal.json" "${OUT}/train.json" 2>/dev/null || true
   tail -8 "${OUT}/train.txt" 2>/dev/null || true
