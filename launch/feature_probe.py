@@ -43,7 +43,7 @@ def probe(workdir: Path, examples: int) -> dict[str, dict[str, float]]:
                                          batch_size=examples)))
     prefix, features = jax.jit(lambda v, ref, main: predictor.model.apply(
         v, ref, main, False, method="encode"))(predictor.variables, batch["ref"], batch["main"])
-    valid = np.asarray(batch["valid"], bool) if "valid" in batch else slice(None)
+    valid = np.asarray(batch["valid"], bool)  # False: padding of a short last batch
     groups = {name: features[name] for name in ("ref", "main", "residual") if name in features}
     groups["prefix"] = prefix
     return {name: feature_statistics(np.asarray(value)[valid]) for name, value in groups.items()}
